@@ -1,0 +1,356 @@
+//! Settings: command-line flags and `WFM_*` environment variables (clap), validated
+//! into typed values before anything connects.
+//!
+//! Invariant: a [`Settings`] value is always usable — URLs parsed, sizes non-zero,
+//! prefetch at least the batch size. A bad setting fails start-up with one line
+//! naming the variable, and never echoes a URL (it may carry a password).
+
+use std::{str::FromStr, time::Duration};
+
+use clap::Args;
+use lapin::uri::AMQPUri;
+
+/// Why a setting was refused. Each message names the environment variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("WFM_DATABASE_URL is not a valid PostgreSQL connection string: {0}")]
+    DatabaseUrl(#[source] tokio_postgres::Error),
+    #[error("WFM_AMQP_URL is not a valid AMQP URL: {0}")]
+    AmqpUrl(String),
+    #[error("{variable} must not be {problem}")]
+    Invalid {
+        variable: &'static str,
+        problem: &'static str,
+    },
+    #[error(
+        "WFM_PREFETCH ({prefetch}) must be at least WFM_BATCH_SIZE ({batch_size}): a smaller prefetch stalls every batch until the linger runs out"
+    )]
+    PrefetchBelowBatch { prefetch: u16, batch_size: usize },
+}
+
+/// PostgreSQL connection settings (`run` and `bootstrap`).
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL or key=value string.
+    #[arg(
+        long,
+        env = "WFM_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/wfm",
+        hide_env_values = true,
+        hide_default_value = false
+    )]
+    pub database_url: String,
+
+    /// Maximum number of pooled PostgreSQL connections.
+    #[arg(long, env = "WFM_POOL_SIZE", default_value_t = 4)]
+    pub pool_size: u32,
+}
+
+/// Broker connection and topology names (`run`, `publish`, `dlq`).
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// AMQP 0-9-1 URL of the RabbitMQ broker (vhost `/` is `%2f`).
+    #[arg(
+        long,
+        env = "WFM_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub amqp_url: String,
+
+    /// Topic exchange the clusters and the release pipeline publish to.
+    #[arg(long, env = "WFM_EXCHANGE", default_value = "wfm")]
+    pub exchange: String,
+
+    /// Queue of checkins, bound with routing key `cluster.checkin`.
+    #[arg(long, env = "WFM_CHECKIN_QUEUE", default_value = "wfm.checkins")]
+    pub checkin_queue: String,
+
+    /// Queue of version events, bound with routing key `version.publish`.
+    #[arg(long, env = "WFM_VERSION_QUEUE", default_value = "wfm.versions")]
+    pub version_queue: String,
+
+    /// Exchange that receives every rejected message.
+    #[arg(long, env = "WFM_DEAD_LETTER_EXCHANGE", default_value = "wfm.dlx")]
+    pub dead_letter_exchange: String,
+
+    /// Queue bound to the dead-letter exchange; holds every rejected message.
+    #[arg(long, env = "WFM_DEAD_LETTER_QUEUE", default_value = "wfm.dead")]
+    pub dead_letter_queue: String,
+}
+
+/// Consumption and batching settings (`run`).
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Unacknowledged deliveries the broker may hand each consumer; bounds memory.
+    #[arg(long, env = "WFM_PREFETCH", default_value_t = 1000)]
+    pub prefetch: u16,
+
+    /// Most messages written in one transaction.
+    #[arg(long, env = "WFM_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+
+    /// Longest wait, in milliseconds, for a batch to fill before it is written anyway.
+    #[arg(long, env = "WFM_BATCH_LINGER_MS", default_value_t = 5)]
+    pub batch_linger_ms: u64,
+
+    /// Larger message bodies are dead-lettered unread.
+    #[arg(long, env = "WFM_MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
+    pub max_message_bytes: usize,
+
+    /// Deliveries of one message that fails alone, neither transiently nor for
+    /// its data, before it is dead-lettered as `too-many-deliveries`.
+    #[arg(long, env = "WFM_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u32,
+
+    /// Seconds allowed after SIGTERM/SIGINT to finish in-flight work before exiting.
+    #[arg(long, env = "WFM_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// The flags and variables of `wfm-worker run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+impl RunArgs {
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        Ok(Settings {
+            database: self.database.validate()?,
+            broker: self.broker.validate()?,
+            pipeline: self.pipeline.validate()?,
+            shutdown_timeout: Duration::from_secs(self.pipeline.shutdown_timeout_secs),
+        })
+    }
+}
+
+/// Everything `run` needs, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub broker: BrokerSettings,
+    pub pipeline: PipelineSettings,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub config: tokio_postgres::Config,
+    pub pool_size: u32,
+}
+
+#[derive(Clone)]
+pub struct BrokerSettings {
+    pub uri: AMQPUri,
+    pub topology: Topology,
+}
+
+/// Names of the exchanges and queues the worker declares and uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub exchange: String,
+    pub checkin_queue: String,
+    pub version_queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub prefetch: u16,
+    pub batch_size: usize,
+    pub batch_linger: Duration,
+    pub max_message_bytes: usize,
+    pub max_deliveries: u32,
+}
+
+impl DatabaseArgs {
+    pub fn validate(&self) -> Result<DatabaseSettings, ConfigError> {
+        let config = tokio_postgres::Config::from_str(&self.database_url)
+            .map_err(ConfigError::DatabaseUrl)?;
+        non_zero("WFM_POOL_SIZE", self.pool_size as usize)?;
+        Ok(DatabaseSettings {
+            config,
+            pool_size: self.pool_size,
+        })
+    }
+}
+
+impl BrokerArgs {
+    pub fn validate(&self) -> Result<BrokerSettings, ConfigError> {
+        // The parser's message never contains the URL itself, so it is safe to show.
+        let uri = AMQPUri::from_str(&self.amqp_url).map_err(ConfigError::AmqpUrl)?;
+        let names = [
+            ("WFM_EXCHANGE", &self.exchange),
+            ("WFM_CHECKIN_QUEUE", &self.checkin_queue),
+            ("WFM_VERSION_QUEUE", &self.version_queue),
+            ("WFM_DEAD_LETTER_EXCHANGE", &self.dead_letter_exchange),
+            ("WFM_DEAD_LETTER_QUEUE", &self.dead_letter_queue),
+        ];
+        for (variable, name) in names {
+            non_zero(variable, name.len())?;
+        }
+        Ok(BrokerSettings {
+            uri,
+            topology: Topology {
+                exchange: self.exchange.clone(),
+                checkin_queue: self.checkin_queue.clone(),
+                version_queue: self.version_queue.clone(),
+                dead_letter_exchange: self.dead_letter_exchange.clone(),
+                dead_letter_queue: self.dead_letter_queue.clone(),
+            },
+        })
+    }
+}
+
+impl PipelineArgs {
+    pub fn validate(&self) -> Result<PipelineSettings, ConfigError> {
+        non_zero("WFM_PREFETCH", self.prefetch as usize)?;
+        non_zero("WFM_BATCH_SIZE", self.batch_size)?;
+        non_zero("WFM_MAX_MESSAGE_BYTES", self.max_message_bytes)?;
+        non_zero("WFM_MAX_DELIVERIES", self.max_deliveries as usize)?;
+        if (self.prefetch as usize) < self.batch_size {
+            return Err(ConfigError::PrefetchBelowBatch {
+                prefetch: self.prefetch,
+                batch_size: self.batch_size,
+            });
+        }
+        Ok(PipelineSettings {
+            prefetch: self.prefetch,
+            batch_size: self.batch_size,
+            batch_linger: Duration::from_millis(self.batch_linger_ms),
+            max_message_bytes: self.max_message_bytes,
+            max_deliveries: self.max_deliveries,
+        })
+    }
+}
+
+fn non_zero(variable: &'static str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid {
+            variable,
+            problem: "zero or empty",
+        });
+    }
+    Ok(())
+}
+
+/// `user@host:port/vhost`: enough to recognise a broker in a log line, never the password.
+pub fn describe_amqp(uri: &AMQPUri) -> String {
+    format!(
+        "{}://{}@{}:{}/{}",
+        if matches!(uri.scheme, lapin::uri::AMQPScheme::AMQPS) {
+            "amqps"
+        } else {
+            "amqp"
+        },
+        uri.authority.userinfo.username,
+        uri.authority.host,
+        uri.authority.port,
+        uri.vhost
+    )
+}
+
+/// `user@host:port/dbname`: the PostgreSQL target without its password.
+pub fn describe_postgres(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{}:{}/{}",
+        config.get_user().unwrap_or("?"),
+        host,
+        port,
+        config.get_dbname().unwrap_or("?")
+    )
+}
+
+// AMQPUri's own Debug prints the password; this one must not.
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("uri", &describe_amqp(&self.uri))
+            .field("topology", &self.topology)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(url: &str) -> BrokerArgs {
+        BrokerArgs {
+            amqp_url: url.into(),
+            exchange: "x".into(),
+            checkin_queue: "c".into(),
+            version_queue: "v".into(),
+            dead_letter_exchange: "d".into(),
+            dead_letter_queue: "dq".into(),
+        }
+    }
+
+    #[test]
+    fn broker_settings_debug_never_shows_the_password() {
+        let settings = broker("amqp://user:s3cret@host:5672/%2f")
+            .validate()
+            .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("user@host:5672"), "{shown}");
+    }
+
+    #[test]
+    fn unparseable_amqp_url_names_the_variable_without_echoing_it() {
+        let err = broker("amqp://user:s3cret@host:notaport/")
+            .validate()
+            .unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.starts_with("WFM_AMQP_URL"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn zero_pool_size_is_refused_naming_the_variable() {
+        let args = DatabaseArgs {
+            database_url: "postgres://postgres@localhost/wfm".into(),
+            pool_size: 0,
+        };
+        assert_eq!(
+            args.validate().unwrap_err().to_string(),
+            "WFM_POOL_SIZE must not be zero or empty"
+        );
+    }
+
+    #[test]
+    fn prefetch_below_batch_size_is_refused() {
+        let args = PipelineArgs {
+            prefetch: 10,
+            batch_size: 500,
+            batch_linger_ms: 5,
+            max_message_bytes: 1,
+            max_deliveries: 5,
+            shutdown_timeout_secs: 30,
+        };
+        assert!(matches!(
+            args.validate(),
+            Err(ConfigError::PrefetchBelowBatch { .. })
+        ));
+    }
+
+    #[test]
+    fn postgres_description_has_no_password() {
+        let config: tokio_postgres::Config = "postgres://u:pw@db:6543/wfm".parse().unwrap();
+        assert_eq!(describe_postgres(&config), "u@db:6543/wfm");
+    }
+}

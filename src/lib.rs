@@ -1,0 +1,18 @@
+//! wfm-worker: consumes cluster checkins and component version events from
+//! RabbitMQ, validates them, and records them in PostgreSQL.
+//!
+//! Sources → transforms → sinks: [`broker`] delivers, [`message`] parses into
+//! domain values, [`store`] writes batches, and [`pipeline`] ties them together
+//! and alone decides when a delivery is acked — only after its rows commit, or
+//! after its dead-letter copy is confirmed.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod message;
+pub mod pipeline;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,302 @@
+//! One batch, from deliveries to acks.
+//!
+//! Every delivery ends in exactly one disposition: stored (its rows committed),
+//! dead-lettered (its copy confirmed by the broker), or handed back for a later
+//! attempt (nacked with requeue). Acks come last, after all of that is done.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+    types::AMQPValue,
+};
+
+use super::QueueKind;
+use crate::{
+    broker::{BrokerError, DeadLetter, DeadLetterPublisher},
+    config::PipelineSettings,
+    message::{Checkin, Envelope, Rejection, RejectionKind, VersionEvent},
+    store::{self, BatchOutcome, ErrorClass, Pool, StoreError},
+};
+
+/// Everything a queue's batches need.
+#[derive(Clone)]
+pub struct QueueContext {
+    pub kind: QueueKind,
+    pub queue: String,
+    pub pool: Pool,
+    pub dead_letters: DeadLetterPublisher,
+    pub settings: PipelineSettings,
+}
+
+/// What became of a batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    pub received: usize,
+    /// Rows newly stored; the rest of the valid messages were duplicates.
+    pub stored: u64,
+    pub dead_lettered: usize,
+    /// Handed back to the broker for another attempt.
+    pub requeued: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Disposition {
+    Stored,
+    DeadLetter(Rejection),
+    Retry(String),
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Processes one batch of deliveries from `context.queue` and settles every one.
+///
+/// Acks only after the batch's transaction has committed and every dead-letter
+/// copy has been confirmed by the broker. Transient database errors are retried
+/// here, with capped exponential backoff, for as long as it takes: nothing is
+/// acked or dropped meanwhile. Returns an error only when the broker channel
+/// fails, in which case nothing unsettled was acked and the broker redelivers.
+pub async fn process_batch(
+    context: &QueueContext,
+    deliveries: Vec<Delivery>,
+) -> Result<BatchReport, BrokerError> {
+    let received_at = Utc::now();
+    let envelopes: Vec<Envelope<'_>> = deliveries
+        .iter()
+        .map(|d| envelope(d, received_at))
+        .collect();
+    let max = context.settings.max_message_bytes;
+    let mut dispositions = vec![Disposition::Stored; deliveries.len()];
+    let parsed = match context.kind {
+        QueueKind::Checkins => Parsed::Checkins(parse_all(
+            &envelopes,
+            |e| Checkin::parse(e, max),
+            &mut dispositions,
+        )),
+        QueueKind::Versions => Parsed::Versions(parse_all(
+            &envelopes,
+            |e| VersionEvent::parse(e, max),
+            &mut dispositions,
+        )),
+    };
+    let stored = write_retrying(context, &parsed, &mut dispositions).await;
+    settle(context, &deliveries, dispositions, stored).await
+}
+
+/// The valid messages of a batch, with their indices in the batch.
+enum Parsed<'a> {
+    Checkins((Vec<Checkin<'a>>, Vec<usize>)),
+    Versions((Vec<VersionEvent<'a>>, Vec<usize>)),
+}
+
+impl Parsed<'_> {
+    fn indices(&self) -> &[usize] {
+        match self {
+            Self::Checkins((_, indices)) | Self::Versions((_, indices)) => indices,
+        }
+    }
+
+    async fn write(&self, pool: &Pool) -> Result<BatchOutcome, StoreError> {
+        match self {
+            Self::Checkins((items, _)) => store::write_checkins(pool, items).await,
+            Self::Versions((items, _)) => store::write_versions(pool, items).await,
+        }
+    }
+}
+
+/// Parses every envelope; rejected ones get their disposition, the valid ones
+/// come back with their index in the batch.
+fn parse_all<'a, T>(
+    envelopes: &[Envelope<'a>],
+    parse: impl Fn(&Envelope<'a>) -> Result<T, Rejection>,
+    dispositions: &mut [Disposition],
+) -> (Vec<T>, Vec<usize>) {
+    let mut items = Vec::with_capacity(envelopes.len());
+    let mut indices = Vec::with_capacity(envelopes.len());
+    for (i, envelope) in envelopes.iter().enumerate() {
+        match parse(envelope) {
+            Ok(item) => {
+                items.push(item);
+                indices.push(i);
+            }
+            Err(rejection) => dispositions[i] = Disposition::DeadLetter(rejection),
+        }
+    }
+    (items, indices)
+}
+
+/// Writes the valid items, retrying the whole batch while the failure is
+/// systemic (transient, or every single item failing alike).
+async fn write_retrying(
+    context: &QueueContext,
+    parsed: &Parsed<'_>,
+    dispositions: &mut [Disposition],
+) -> u64 {
+    let indices = parsed.indices();
+    if indices.is_empty() {
+        return 0;
+    }
+    let mut delay = BACKOFF_START;
+    let mut attempt = 1u32;
+    loop {
+        match parsed.write(&context.pool).await {
+            Ok(outcome) if outcome.failed.len() < indices.len() => {
+                record(outcome.refused, outcome.failed, indices, dispositions);
+                return outcome.stored;
+            }
+            Ok(outcome) => tracing::warn!(
+                queue = %context.queue, attempt, error = %outcome.failed[0].1,
+                "every message of the batch failed alike; retrying the batch"
+            ),
+            Err(error) => tracing::warn!(
+                queue = %context.queue, attempt, error = %error, transient = error.class() == ErrorClass::Transient,
+                "database write failed; retrying the batch"
+            ),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(BACKOFF_CAP);
+        attempt += 1;
+    }
+}
+
+fn record(
+    refused: Vec<(usize, Rejection)>,
+    failed: Vec<(usize, String)>,
+    indices: &[usize],
+    dispositions: &mut [Disposition],
+) {
+    for (item, rejection) in refused {
+        dispositions[indices[item]] = Disposition::DeadLetter(rejection);
+    }
+    for (item, error) in failed {
+        dispositions[indices[item]] = Disposition::Retry(error);
+    }
+}
+
+/// Dead-letters, hands back and acks — in that order, so the closing `multiple`
+/// ack covers only deliveries that are truly done.
+async fn settle(
+    context: &QueueContext,
+    deliveries: &[Delivery],
+    dispositions: Vec<Disposition>,
+    stored: u64,
+) -> Result<BatchReport, BrokerError> {
+    let mut report = BatchReport {
+        received: deliveries.len(),
+        stored,
+        ..BatchReport::default()
+    };
+    let mut letters = Vec::new();
+    for (delivery, disposition) in deliveries.iter().zip(dispositions) {
+        match disposition {
+            Disposition::Stored => {}
+            Disposition::DeadLetter(rejection) => letters.push((delivery, rejection)),
+            Disposition::Retry(error) => {
+                let count = delivery_count(delivery);
+                if count + 1 >= context.settings.max_deliveries {
+                    let reason = format!(
+                        "failed on each of {} deliveries; last error: {error}",
+                        count + 1
+                    );
+                    letters.push((
+                        delivery,
+                        Rejection {
+                            kind: RejectionKind::TooManyDeliveries,
+                            reason,
+                            sqlstate: None,
+                        },
+                    ));
+                } else {
+                    tracing::warn!(queue = %context.queue, message_id = message_id(delivery), attempt = count + 1, error = %error, "message failed; handing it back for another attempt");
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    };
+                    confirm_settled(delivery.acker.nack(requeue).await, "nacking a delivery")?;
+                    report.requeued += 1;
+                }
+            }
+        }
+    }
+    report.dead_lettered = letters.len();
+    dead_letter_all(context, &letters).await?;
+    if let Some(last) = deliveries.iter().max_by_key(|d| d.delivery_tag) {
+        let ack = last.acker.ack(BasicAckOptions { multiple: true }).await;
+        confirm_settled(ack, "acking a batch")?;
+    }
+    Ok(report)
+}
+
+async fn dead_letter_all(
+    context: &QueueContext,
+    letters: &[(&Delivery, Rejection)],
+) -> Result<(), BrokerError> {
+    let publishes = letters.iter().map(|(delivery, rejection)| {
+        tracing::warn!(
+            queue = %context.queue, message_id = message_id(delivery),
+            kind = rejection.kind.as_str(), reason = %rejection.reason,
+            "dead-lettering message"
+        );
+        context.dead_letters.publish(DeadLetter {
+            routing_key: delivery.routing_key.as_str(),
+            body: &delivery.data,
+            properties: &delivery.properties,
+            queue: &context.queue,
+            rejection,
+        })
+    });
+    // Confirms are awaited together: one round trip for the lot, not one each.
+    for result in futures_util::future::join_all(publishes).await {
+        result?;
+    }
+    Ok(())
+}
+
+/// lapin answers `Ok(false)` without sending anything when the channel is gone.
+fn confirm_settled(result: lapin::Result<bool>, doing: &'static str) -> Result<(), BrokerError> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(BrokerError::ChannelClosed(doing)),
+        Err(source) => Err(BrokerError::Channel { doing, source }),
+    }
+}
+
+fn envelope(delivery: &Delivery, received_at: chrono::DateTime<Utc>) -> Envelope<'_> {
+    let properties = &delivery.properties;
+    Envelope {
+        body: &delivery.data,
+        message_id: properties.message_id().as_ref().map(|id| id.as_str()),
+        timestamp_secs: *properties.timestamp(),
+        timestamp_ms: header_int(delivery, "timestamp_in_ms"),
+        received_at,
+    }
+}
+
+fn message_id(delivery: &Delivery) -> &str {
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map_or("-", |id| id.as_str())
+}
+
+/// Earlier deliveries of this message, as counted by the quorum queue.
+fn delivery_count(delivery: &Delivery) -> u32 {
+    header_int(delivery, "x-delivery-count").map_or(0, |n| n.clamp(0, u32::MAX as i64) as u32)
+}
+
+fn header_int(delivery: &Delivery, name: &str) -> Option<i64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}
