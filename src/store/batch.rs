@@ -82,7 +82,8 @@ pub(crate) async fn write_isolated(
 async fn bisect(tx: &mut Transaction<'_>, rows: &impl Rows) -> Result<BatchOutcome, StoreError> {
     let mut outcome = BatchOutcome::default();
     // Halves of a failed range are pushed second-first, so ranges run in order.
-    let mut pending = Vec::from([0..rows.len()]);
+    let mut pending: Vec<Range<usize>> = Vec::new();
+    pending.push(0..rows.len());
     while let Some(range) = pending.pop() {
         let savepoint = tx.savepoint("wfm_isolate").await?;
         let result = rows.write(&savepoint, range.clone()).await;
