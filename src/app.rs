@@ -68,7 +68,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     bootstrap_with(&pool, &settings.database).await?;
 
     let topology = &settings.broker.topology;
-    let connection = broker::connect(&settings.broker.uri, "wfm-worker").await?;
+    let connection =
+        broker::connect(&settings.broker.uri, &settings.broker.connection_name).await?;
     let setup = connection
         .create_channel()
         .await

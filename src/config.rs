@@ -59,6 +59,10 @@ pub struct BrokerArgs {
     )]
     pub amqp_url: String,
 
+    /// Name this worker's broker connection shows in `rabbitmqctl list_connections`.
+    #[arg(long, env = "WFM_CONNECTION_NAME", default_value = "wfm-worker")]
+    pub connection_name: String,
+
     /// Topic exchange the clusters and the release pipeline publish to.
     #[arg(long, env = "WFM_EXCHANGE", default_value = "wfm")]
     pub exchange: String,
@@ -149,6 +153,7 @@ pub struct DatabaseSettings {
 #[derive(Clone)]
 pub struct BrokerSettings {
     pub uri: AMQPUri,
+    pub connection_name: String,
     pub topology: Topology,
 }
 
@@ -199,6 +204,7 @@ impl BrokerArgs {
         }
         Ok(BrokerSettings {
             uri,
+            connection_name: self.connection_name.clone(),
             topology: Topology {
                 exchange: self.exchange.clone(),
                 checkin_queue: self.checkin_queue.clone(),
@@ -280,6 +286,7 @@ impl std::fmt::Debug for BrokerSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerSettings")
             .field("uri", &describe_amqp(&self.uri))
+            .field("connection_name", &self.connection_name)
             .field("topology", &self.topology)
             .finish()
     }
@@ -292,6 +299,7 @@ mod tests {
     fn broker(url: &str) -> BrokerArgs {
         BrokerArgs {
             amqp_url: url.into(),
+            connection_name: "wfm-worker".into(),
             exchange: "x".into(),
             checkin_queue: "c".into(),
             version_queue: "v".into(),

@@ -1,0 +1,104 @@
+//! The real binary, as an operator runs it.
+
+use std::{process::Stdio, time::Duration};
+
+use tokio::process::Command;
+
+use crate::support::{CLUSTER, Outgoing, TestEnv, broker::AMQP_URL, checkin_body, version_body};
+
+fn worker(env: &TestEnv) -> Command {
+    let t = &env.broker.topology;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wfm-worker"));
+    command
+        .env_clear()
+        .env("WFM_DATABASE_URL", env.db.url())
+        .env("WFM_AMQP_URL", AMQP_URL)
+        .env("WFM_EXCHANGE", &t.exchange)
+        .env("WFM_CHECKIN_QUEUE", &t.checkin_queue)
+        .env("WFM_VERSION_QUEUE", &t.version_queue)
+        .env("WFM_DEAD_LETTER_EXCHANGE", &t.dead_letter_exchange)
+        .env("WFM_DEAD_LETTER_QUEUE", &t.dead_letter_queue)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test]
+async fn the_binary_stores_what_is_published_and_exits_0_on_sigterm() {
+    let env = TestEnv::new().await;
+    let mut child = worker(&env).arg("run").spawn().unwrap();
+    env.broker
+        .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "bin")).id("b-1")])
+        .await;
+    env.broker
+        .publish_versions(&[Outgoing::new(version_body(
+            "router",
+            "stable",
+            "v1",
+            "2016-08-02T17:00:00Z",
+            "",
+        ))])
+        .await;
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 1)
+        .await;
+    env.wait_for_rows("SELECT count(*) FROM versions", 1).await;
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits within the shutdown timeout")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn a_wrong_setting_stops_start_up_with_one_line_naming_the_variable() {
+    let env = TestEnv::new().await;
+    let output = worker(&env)
+        .env("WFM_POOL_SIZE", "0")
+        .arg("run")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("WFM_POOL_SIZE must not be zero"),
+        "{stderr}"
+    );
+
+    let output = worker(&env)
+        .env("WFM_AMQP_URL", "amqp://guest:hunter2@host:notaport/")
+        .arg("run")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("WFM_AMQP_URL"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "password leaked: {stderr}");
+}
+
+#[tokio::test]
+async fn bootstrap_subcommand_applies_the_schema_and_exits_0() {
+    let env = TestEnv::new().await;
+    let output = worker(&env).arg("bootstrap").output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        env.db.count("SELECT count(*) FROM schema_migrations").await,
+        2
+    );
+}

@@ -1,0 +1,162 @@
+//! Checkins: both tables written, event-time order, message_id idempotency.
+
+use crate::support::{CLUSTER, Outgoing, TestEnv, checkin_body};
+
+const CHECKINS: &str = "SELECT count(*) FROM clusters_checkins";
+
+async fn cluster_marker(env: &TestEnv, cluster: &str) -> String {
+    let client = env.db.client().await;
+    let id: uuid::Uuid = cluster.parse().unwrap();
+    client
+        .query_one(
+            "SELECT data->>'marker' FROM clusters WHERE cluster_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn checkin_is_stored_verbatim_in_both_tables_at_its_event_time() {
+    let env = TestEnv::new().await;
+    let worker = env.start();
+    let body = checkin_body(CLUSTER, "first");
+    env.broker
+        .publish_checkins(&[Outgoing::new(body.clone()).id("m-1").at_secs(1_470_157_200)])
+        .await;
+    env.wait_for_rows(CHECKINS, 1).await;
+
+    let client = env.db.client().await;
+    let row = client
+        .query_one(
+            "SELECT cluster_id::text, created_at::text, data::text, message_id FROM clusters_checkins",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), CLUSTER);
+    assert_eq!(row.get::<_, String>(1), "2016-08-02 17:00:00");
+    assert_eq!(
+        row.get::<_, String>(2),
+        body,
+        "document stored verbatim, unknown fields kept"
+    );
+    assert_eq!(row.get::<_, String>(3), "m-1");
+    let cluster = client
+        .query_one(
+            "SELECT data::text, last_checkin_at::text FROM clusters",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cluster.get::<_, String>(0), body);
+    assert_eq!(cluster.get::<_, String>(1), "2016-08-02 17:00:00");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn checkin_without_a_timestamp_is_dated_on_receipt() {
+    let env = TestEnv::new().await;
+    let worker = env.start();
+    env.broker
+        .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "x"))])
+        .await;
+    env.wait_for_rows(CHECKINS, 1).await;
+    let skew = env
+        .db
+        .count("SELECT abs(extract(epoch FROM (now() AT TIME ZONE 'UTC') - created_at))::bigint FROM clusters_checkins")
+        .await;
+    assert!(skew < 60, "created_at is {skew} s from now");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_older_checkin_arriving_later_is_recorded_but_does_not_replace_the_cluster() {
+    let env = TestEnv::new().await;
+    let worker = env.start();
+    env.broker
+        .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "newer"))
+            .id("n")
+            .at_secs(2_000_000_000)])
+        .await;
+    env.wait_for_rows(CHECKINS, 1).await;
+    env.broker
+        .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "older"))
+            .id("o")
+            .at_secs(1_000_000_000)])
+        .await;
+    env.wait_for_rows(CHECKINS, 2).await;
+    assert_eq!(cluster_marker(&env, CLUSTER).await, "newer");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn many_checkins_of_one_cluster_in_one_batch_leave_the_newest_by_event_time() {
+    let env = TestEnv::new().await;
+    // Published before the worker starts, so they arrive as one batch of 200.
+    let mut seconds: Vec<u64> = (0..200).map(|i| 1_600_000_000 + i * 7).collect();
+    shuffle(&mut seconds);
+    let newest = *seconds.iter().max().unwrap();
+    let messages: Vec<Outgoing> = seconds
+        .iter()
+        .map(|&s| {
+            Outgoing::new(checkin_body(CLUSTER, &s.to_string()))
+                .id(format!("m-{s}"))
+                .at_secs(s)
+        })
+        .collect();
+    env.broker.publish_checkins(&messages).await;
+    let worker = env.start();
+    env.wait_for_rows(CHECKINS, 200).await;
+    assert_eq!(cluster_marker(&env, CLUSTER).await, newest.to_string());
+    assert_eq!(env.db.count("SELECT count(*) FROM clusters").await, 1);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_id_already_stored_is_not_stored_again() {
+    let env = TestEnv::new().await;
+    let body = checkin_body(CLUSTER, "dup");
+    let dup = Outgoing::new(body).id("same-id").at_secs(1_600_000_000);
+    // Twice in one batch ...
+    env.broker
+        .publish_checkins(&[dup.clone(), dup.clone()])
+        .await;
+    let worker = env.start();
+    env.wait_for_rows(CHECKINS, 1).await;
+    // ... and again later, as a redelivery or a publisher retry would, followed
+    // by a sentinel: once the sentinel is stored the duplicate has been handled.
+    let sentinel = Outgoing::new(checkin_body(CLUSTER, "sentinel"))
+        .id("sentinel")
+        .at_secs(1_600_000_001);
+    env.broker.publish_checkins(&[dup, sentinel]).await;
+    env.wait_for_rows(
+        "SELECT count(*) FROM clusters_checkins WHERE message_id = 'sentinel'",
+        1,
+    )
+    .await;
+    assert_eq!(
+        env.db
+            .count("SELECT count(*) FROM clusters_checkins WHERE message_id = 'same-id'")
+            .await,
+        1
+    );
+    assert_eq!(env.db.count(CHECKINS).await, 2);
+    assert_eq!(
+        env.broker.ready(&env.broker.topology.checkin_queue).await,
+        0
+    );
+    worker.stop().await.unwrap();
+}
+
+/// A deterministic shuffle (xorshift), enough to scramble arrival order.
+fn shuffle<T>(items: &mut [T]) {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..items.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        items.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+}

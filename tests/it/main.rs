@@ -1,0 +1,10 @@
+//! Integration tests: one binary, a module per capability, all against the local
+//! PostgreSQL and RabbitMQ. Each test has its own database and broker names.
+
+mod binary;
+mod bootstrap;
+mod checkins;
+mod rejections;
+mod shutdown;
+mod support;
+mod versions;

@@ -1,0 +1,83 @@
+//! Shutdown and failure: graceful stop loses nothing; a lost broker is fatal,
+//! loudly.
+
+use std::time::Duration;
+
+use crate::support::{Outgoing, RunningWorker, TestEnv, checkin_body, wait_until};
+
+const TOTAL: i64 = 3000;
+
+fn messages() -> Vec<Outgoing> {
+    (0..TOTAL)
+        .map(|i| {
+            let cluster = format!("00000000-0000-4000-8000-{:012}", i % 100);
+            Outgoing::new(checkin_body(&cluster, &i.to_string()))
+                .id(format!("m-{i}"))
+                .at_secs(1_600_000_000 + i as u64)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn graceful_shutdown_mid_stream_acks_what_it_stored_and_hands_back_the_rest() {
+    let env = TestEnv::new().await;
+    env.broker.publish_checkins(&messages()).await;
+    let mut settings = env.settings();
+    settings.pipeline.batch_size = 10;
+    settings.pipeline.prefetch = 50;
+    let worker = RunningWorker::start(settings.clone());
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 1)
+        .await;
+    worker
+        .stop()
+        .await
+        .expect("graceful shutdown exits cleanly");
+
+    let stored = env.db.count("SELECT count(*) FROM clusters_checkins").await;
+    assert!(
+        stored > 0 && stored < TOTAL,
+        "shutdown struck mid-stream: {stored} of {TOTAL} stored"
+    );
+    // Every stored message was acked and every other one is back in the queue.
+    let queue = env.broker.topology.checkin_queue.clone();
+    assert_eq!(env.broker.ready(&queue).await as i64, TOTAL - stored);
+
+    let worker = RunningWorker::start(settings);
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", TOTAL)
+        .await;
+    wait_until("the queue to drain", Duration::from_secs(10), || async {
+        env.broker.ready(&queue).await == 0
+    })
+    .await;
+    assert_eq!(
+        env.db
+            .count("SELECT count(DISTINCT message_id) FROM clusters_checkins")
+            .await,
+        TOTAL,
+        "each message stored exactly once"
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn losing_the_broker_connection_ends_the_worker_with_an_error() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    let name = format!("wfm-test-{}", uuid::Uuid::new_v4().simple());
+    settings.broker.connection_name = name.clone();
+    let worker = RunningWorker::start(settings);
+    env.broker.publish_checkins(&messages()[..10]).await;
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 10)
+        .await;
+
+    crate::support::broker::close_connection_named(&name).await;
+    let error = worker
+        .wait()
+        .await
+        .expect_err("worker reports the lost connection");
+    let shown = error.to_string();
+    assert!(
+        shown.contains("broker") || shown.contains("channel"),
+        "{shown}"
+    );
+}

@@ -1,0 +1,244 @@
+//! Exchange and queue names of this test alone, deleted when the guard drops.
+
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    message::BasicGetMessage,
+    options::{
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable},
+    uri::AMQPUri,
+};
+use wfm_worker::{
+    broker::{CHECKIN_ROUTING_KEY, VERSION_ROUTING_KEY, declare_topology},
+    config::{BrokerSettings, Topology},
+};
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+pub struct TestBroker {
+    pub topology: Topology,
+    pub connection: Connection,
+    pub channel: Channel,
+}
+
+/// A message as a publisher would send it.
+#[derive(Default, Clone)]
+pub struct Outgoing {
+    pub body: Vec<u8>,
+    pub message_id: Option<String>,
+    pub timestamp_secs: Option<u64>,
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Outgoing {
+    pub fn new(body: impl Into<Vec<u8>>) -> Self {
+        Outgoing {
+            body: body.into(),
+            ..Outgoing::default()
+        }
+    }
+
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
+    }
+
+    pub fn at_secs(mut self, secs: u64) -> Self {
+        self.timestamp_secs = Some(secs);
+        self
+    }
+
+    fn properties(&self) -> BasicProperties {
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Some(id) = &self.message_id {
+            properties = properties.with_message_id(id.as_str().into());
+        }
+        if let Some(secs) = self.timestamp_secs {
+            properties = properties.with_timestamp(secs);
+        }
+        if let Some(ms) = self.timestamp_ms {
+            let mut headers = FieldTable::default();
+            headers.insert("timestamp_in_ms".into(), AMQPValue::LongLongInt(ms));
+            properties = properties.with_headers(headers);
+        }
+        properties
+    }
+}
+
+impl TestBroker {
+    /// Declares this test's topology (the worker's own code) so that messages
+    /// published before the worker starts are routed, not dropped.
+    pub async fn create() -> TestBroker {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let tag = &tag[..12];
+        let topology = Topology {
+            exchange: format!("wfm-test-{tag}"),
+            checkin_queue: format!("wfm-test-{tag}.checkins"),
+            version_queue: format!("wfm-test-{tag}.versions"),
+            dead_letter_exchange: format!("wfm-test-{tag}.dlx"),
+            dead_letter_queue: format!("wfm-test-{tag}.dead"),
+        };
+        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("connect to local RabbitMQ");
+        let channel = connection.create_channel().await.unwrap();
+        declare_topology(&channel, &topology)
+            .await
+            .expect("declare test topology");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        TestBroker {
+            topology,
+            connection,
+            channel,
+        }
+    }
+
+    pub fn settings(&self) -> BrokerSettings {
+        BrokerSettings {
+            uri: AMQP_URL.parse::<AMQPUri>().unwrap(),
+            connection_name: format!("{}-worker", self.topology.exchange),
+            topology: self.topology.clone(),
+        }
+    }
+
+    pub async fn publish_checkins(&self, messages: &[Outgoing]) {
+        self.publish(CHECKIN_ROUTING_KEY, messages).await;
+    }
+
+    pub async fn publish_versions(&self, messages: &[Outgoing]) {
+        self.publish(VERSION_ROUTING_KEY, messages).await;
+    }
+
+    /// Publishes with confirms and waits until the broker has every message.
+    pub async fn publish(&self, routing_key: &str, messages: &[Outgoing]) {
+        for chunk in messages.chunks(1000) {
+            for message in chunk {
+                self.channel
+                    .basic_publish(
+                        self.topology.exchange.as_str().into(),
+                        routing_key.into(),
+                        BasicPublishOptions::default(),
+                        &message.body,
+                        message.properties(),
+                    )
+                    .await
+                    .unwrap();
+            }
+            let returned = self.channel.wait_for_confirms().await.unwrap();
+            assert!(returned.is_empty());
+        }
+    }
+
+    /// Messages ready in `queue` (not counting unacknowledged ones).
+    pub async fn ready(&self, queue: &str) -> u32 {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let channel = self.connection.create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        let _ = channel.close(200, "".into()).await;
+        queue.message_count()
+    }
+
+    /// Takes every message now in the dead-letter queue (acking them).
+    pub async fn take_dead_letters(&self) -> Vec<BasicGetMessage> {
+        let mut taken = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(
+                self.topology.dead_letter_queue.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            taken.push(message);
+        }
+        taken
+    }
+}
+
+/// Closes, as an operator would, the broker connection with this client-given name.
+pub async fn close_connection_named(name: &str) {
+    let listed = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "--quiet",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let pids: Vec<&str> = listed
+        .lines()
+        .filter(|line| line.contains(&format!("\"connection_name\",\"{name}\"")))
+        .filter_map(|line| line.split('\t').next())
+        .collect();
+    assert!(!pids.is_empty(), "no broker connection named {name}");
+    for pid in pids {
+        let closed = tokio::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "closed by a fault test"])
+            .output()
+            .await
+            .unwrap();
+        assert!(closed.status.success());
+    }
+}
+
+/// A header of a message as text, if present.
+pub fn header(message: &BasicGetMessage, name: &str) -> Option<String> {
+    let headers = message.delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let topology = self.topology.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let Ok(connection) =
+                    Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                let channel = connection.create_channel().await.unwrap();
+                for queue in [
+                    &topology.checkin_queue,
+                    &topology.version_queue,
+                    &topology.dead_letter_queue,
+                ] {
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
+                }
+                let _ = connection.close(200, "".into()).await;
+            });
+        })
+        .join();
+    }
+}

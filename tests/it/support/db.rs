@@ -1,0 +1,107 @@
+//! A fresh PostgreSQL database per test, dropped (WITH (FORCE)) when the guard is.
+
+use tokio_postgres::{Client, Config, NoTls};
+use wfm_worker::config::DatabaseSettings;
+
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    /// Creates `wfm_test_<pid>_<uuid>`. Databases left by dead test processes
+    /// (a crash skips `Drop`) are swept first; the pid tells which are dead.
+    pub async fn create() -> TestDb {
+        let admin = connect(ADMIN_URL).await;
+        sweep_leftovers(&admin).await;
+        let name = format!(
+            "wfm_test_{}_{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        TestDb { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    pub fn settings(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            config: self.url().parse::<Config>().unwrap(),
+            pool_size: 4,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url()).await
+    }
+
+    /// `None` while the query cannot run yet (the worker has not bootstrapped).
+    pub async fn try_count(&self, sql: &str) -> Option<i64> {
+        let row = self.client().await.query_one(sql, &[]).await.ok()?;
+        Some(row.get(0))
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect to local PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+async fn sweep_leftovers(admin: &Client) {
+    let rows = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'wfm_test_%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await; a short-lived runtime on another thread can.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let admin = connect(ADMIN_URL).await;
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}

@@ -1,0 +1,146 @@
+//! Test harness: a fresh database and private broker names per test, the worker
+//! run in-process through the same `app::run` as the binary, and waiting on
+//! conditions with a deadline (never a bare sleep).
+
+pub mod broker;
+pub mod db;
+
+use std::{future::Future, time::Duration};
+
+use tokio::{task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+use wfm_worker::{
+    app::{self, RunError},
+    config::{PipelineSettings, Settings},
+};
+
+pub use broker::{Outgoing, TestBroker, header};
+pub use db::TestDb;
+
+/// Polls `condition` with backoff until it holds; panics naming `what` at the deadline.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Everything a test's worker needs: its own database and broker names.
+pub struct TestEnv {
+    pub db: TestDb,
+    pub broker: TestBroker,
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        let (db, broker) = tokio::join!(TestDb::create(), TestBroker::create());
+        TestEnv { db, broker }
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings {
+            database: self.db.settings(),
+            broker: self.broker.settings(),
+            pipeline: PipelineSettings {
+                prefetch: 1000,
+                batch_size: 500,
+                batch_linger: Duration::from_millis(5),
+                max_message_bytes: 1 << 20,
+                max_deliveries: 5,
+            },
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn start(&self) -> RunningWorker {
+        RunningWorker::start(self.settings())
+    }
+
+    /// Waits until both work queues are empty and nothing is unacked, as seen
+    /// by the rows: `rows` must reach `expected`.
+    pub async fn wait_for_rows(&self, sql: &str, expected: i64) {
+        wait_until(
+            &format!("{expected} rows from `{sql}`"),
+            Duration::from_secs(30),
+            || async { self.db.try_count(sql).await.is_some_and(|n| n >= expected) },
+        )
+        .await;
+    }
+
+    /// Waits until the dead-letter queue holds `expected` messages.
+    pub async fn wait_for_dead_letters(&self, expected: u32) {
+        let queue = self.broker.topology.dead_letter_queue.clone();
+        wait_until(
+            &format!("{expected} dead letters"),
+            Duration::from_secs(30),
+            || async { self.broker.ready(&queue).await >= expected },
+        )
+        .await;
+    }
+}
+
+/// The worker running in this process.
+pub struct RunningWorker {
+    token: CancellationToken,
+    handle: JoinHandle<Result<(), RunError>>,
+}
+
+impl RunningWorker {
+    pub fn start(settings: Settings) -> RunningWorker {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(app::run(settings, token.clone()));
+        RunningWorker { token, handle }
+    }
+
+    /// Waits for the worker to end by itself.
+    pub async fn wait(self) -> Result<(), RunError> {
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("worker ends within a minute")
+            .expect("worker task does not panic")
+    }
+
+    /// Requests a graceful shutdown and returns how the worker ended.
+    pub async fn stop(self) -> Result<(), RunError> {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(40), self.handle)
+            .await
+            .expect("worker stops within its shutdown timeout")
+            .expect("worker task does not panic")
+    }
+}
+
+pub const CLUSTER: &str = "5e2a4d3c-6c1f-4f7e-9a3b-2f8e1c0d9b7a";
+
+/// A checkin document in the older API's Cluster shape.
+pub fn checkin_body(cluster_id: &str, marker: &str) -> String {
+    format!(
+        r#"{{"id":"{cluster_id}","components":[{{"component":{{"name":"deis-router","description":"Router","type":"Deployment"}},"version":{{"train":"stable","version":"v2.4.0","released":"2016-08-02T17:00:00Z","data":{{"description":"{marker}"}}}},"updateAvailable":"v2.4.1"}}],"firstSeen":"2016-08-01T10:00:00Z","lastSeen":"2016-08-02T10:00:00Z","marker":"{marker}"}}"#
+    )
+}
+
+/// A version event in the older API's ComponentVersion shape.
+pub fn version_body(
+    component: &str,
+    train: &str,
+    version: &str,
+    released: &str,
+    notes: &str,
+) -> String {
+    format!(
+        r#"{{"component":{{"name":"{component}"}},"version":{{"train":"{train}","version":"{version}","released":"{released}","data":{{"description":"{notes}","fixes":"none"}}}}}}"#
+    )
+}
