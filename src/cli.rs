@@ -29,7 +29,7 @@ pub struct Cli {
 pub enum Command {
     /// Apply the schema, declare the broker topology, then consume checkins and
     /// version events until SIGTERM or SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Apply the schema files to the database and exit (for an init job).
     Bootstrap(BootstrapArgs),
 }
