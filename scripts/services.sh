@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL and RabbitMQ run on this machine, installing them from
+# the OS packages (Debian/Ubuntu) when they are missing. Sourced by the other
+# scripts; safe to run again and again.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
+wait_for() { # description, attempts, command...
+  local what=$1 tries=$2; shift 2
+  for _ in $(seq "$tries"); do "$@" >/dev/null 2>&1 && return 0; sleep 1; done
+  echo "services.sh: $what did not come up" >&2; return 1
+}
+
+ensure_postgres() {
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    local version; version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    wait_for "PostgreSQL" 60 pg_isready -q -h 127.0.0.1 -p 5432
+  fi
+  # A fresh install asks for a password over TCP; the worker's defaults and the
+  # tests connect as `postgres` from loopback only, so trust exactly that.
+  if ! psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; then
+    local hba; hba=$(as_root -u postgres psql -Atc 'SHOW hba_file' 2>/dev/null || as_root su postgres -c "psql -Atc 'SHOW hba_file'")
+    as_root sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+    as_root su postgres -c "psql -Atc 'SELECT pg_reload_conf()'" >/dev/null
+    wait_for "PostgreSQL trust on 127.0.0.1" 10 psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1'
+  fi
+}
+
+ensure_rabbitmq() {
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  if ! as_root rabbitmqctl -q status >/dev/null 2>&1; then
+    as_root rabbitmq-server -detached || true
+  fi
+  wait_for "RabbitMQ" 90 as_root rabbitmqctl -q await_startup
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null; then
+    command -v curl >/dev/null || apt_install curl ca-certificates
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+  fi
+  command -v cc >/dev/null || apt_install build-essential
+}
+
+ensure_services() {
+  ensure_postgres
+  ensure_rabbitmq
+}
