@@ -11,5 +11,4 @@ db=${WFM_DATABASE_NAME:-wfm}
 if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]; then
   psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE \"$db\""
 fi
-cargo build --release --locked --bin wfm-worker
-exec target/release/wfm-worker run "$@"
+exec cargo run --release --locked --bin wfm-worker -- run "$@"

@@ -27,7 +27,7 @@ ensure_postgres() {
   # A fresh install asks for a password over TCP; the worker's defaults and the
   # tests connect as `postgres` from loopback only, so trust exactly that.
   if ! psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; then
-    local hba; hba=$(as_root -u postgres psql -Atc 'SHOW hba_file' 2>/dev/null || as_root su postgres -c "psql -Atc 'SHOW hba_file'")
+    local hba; hba=$(as_root su postgres -c "psql -Atc 'SHOW hba_file'")
     as_root sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
     as_root su postgres -c "psql -Atc 'SELECT pg_reload_conf()'" >/dev/null
     wait_for "PostgreSQL trust on 127.0.0.1" 10 psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1'
