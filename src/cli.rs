@@ -52,7 +52,10 @@ mod tests {
     fn variables(command: &clap::Command, found: &mut BTreeMap<String, Option<String>>) {
         for arg in command.get_arguments() {
             if let Some(env) = arg.get_env() {
-                let default = arg.get_default_values().first().map(|v| v.to_string_lossy().into_owned());
+                let default = arg
+                    .get_default_values()
+                    .first()
+                    .map(|v| v.to_string_lossy().into_owned());
                 found.insert(env.to_string_lossy().into_owned(), default);
             }
         }
