@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use lapin::{
+    Acker,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
     types::AMQPValue,
@@ -52,17 +53,47 @@ enum Disposition {
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
-/// Processes one batch of deliveries from `context.queue` and settles every one.
+/// A batch whose every delivery is done — stored, or dead-lettered and
+/// confirmed, or handed back — and that only waits for its ack.
+pub struct Settled {
+    pub report: BatchReport,
+    /// The acker of the batch's highest delivery tag.
+    last: Option<Acker>,
+}
+
+impl Settled {
+    /// Acks the whole batch with one `multiple` ack. Safe only once every
+    /// earlier batch of the same channel is settled too (the caller's order).
+    pub async fn ack(self) -> Result<BatchReport, BrokerError> {
+        if let Some(last) = self.last {
+            let acked = last.ack(BasicAckOptions { multiple: true }).await;
+            confirm_settled(acked, "acking a batch")?;
+        }
+        Ok(self.report)
+    }
+}
+
+/// Processes one batch of deliveries from `context.queue`, settles every one and
+/// acks the batch: the seam tests drive one batch through.
 ///
 /// Acks only after the batch's transaction has committed and every dead-letter
-/// copy has been confirmed by the broker. Transient database errors are retried
-/// here, with capped exponential backoff, for as long as it takes: nothing is
-/// acked or dropped meanwhile. Returns an error only when the broker channel
-/// fails, in which case nothing unsettled was acked and the broker redelivers.
+/// copy has been confirmed by the broker. Returns an error only when the broker
+/// channel fails, in which case nothing unsettled was acked and the broker
+/// redelivers.
 pub async fn process_batch(
     context: &QueueContext,
     deliveries: Vec<Delivery>,
 ) -> Result<BatchReport, BrokerError> {
+    settle_batch(context, deliveries).await?.ack().await
+}
+
+/// Everything of [`process_batch`] but the ack. Transient database errors are
+/// retried here, with capped exponential backoff, for as long as it takes:
+/// nothing is acked or dropped meanwhile.
+pub async fn settle_batch(
+    context: &QueueContext,
+    deliveries: Vec<Delivery>,
+) -> Result<Settled, BrokerError> {
     let received_at = Utc::now();
     let envelopes: Vec<Envelope<'_>> = deliveries
         .iter()
@@ -176,14 +207,14 @@ fn record(
     }
 }
 
-/// Dead-letters, hands back and acks — in that order, so the closing `multiple`
-/// ack covers only deliveries that are truly done.
+/// Dead-letters and hands back, so that the closing `multiple` ack covers only
+/// deliveries that are truly done.
 async fn settle(
     context: &QueueContext,
     deliveries: &[Delivery],
     dispositions: Vec<Disposition>,
     stored: u64,
-) -> Result<BatchReport, BrokerError> {
+) -> Result<Settled, BrokerError> {
     let mut report = BatchReport {
         received: deliveries.len(),
         stored,
@@ -223,11 +254,11 @@ async fn settle(
     }
     report.dead_lettered = letters.len();
     dead_letter_all(context, &letters).await?;
-    if let Some(last) = deliveries.iter().max_by_key(|d| d.delivery_tag) {
-        let ack = last.acker.ack(BasicAckOptions { multiple: true }).await;
-        confirm_settled(ack, "acking a batch")?;
-    }
-    Ok(report)
+    let last = deliveries
+        .iter()
+        .max_by_key(|d| d.delivery_tag)
+        .map(|d| d.acker.clone());
+    Ok(Settled { report, last })
 }
 
 async fn dead_letter_all(

@@ -31,6 +31,7 @@ macro_rules! migration {
 pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_legacy_schema"),
     migration!(2, "0002_checkin_dedup_and_event_time"),
+    migration!(3, "0003_lz4_documents"),
 ];
 
 /// Arbitrary but fixed: every replica must take the same lock ("wfm" in ASCII).

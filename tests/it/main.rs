@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a module per capability, all against the local
 //! PostgreSQL and RabbitMQ. Each test has its own database and broker names.
 
+mod batching;
 mod binary;
 mod bootstrap;
 mod checkins;

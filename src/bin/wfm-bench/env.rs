@@ -1,0 +1,188 @@
+//! A private database and topology per phase, and the helpers phases share.
+
+use std::time::Duration;
+
+use lapin::{
+    Channel, Connection, ConnectionProperties,
+    options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
+    types::FieldTable,
+};
+use tokio_postgres::{Client, NoTls};
+use wfm_worker::{
+    broker::declare_topology,
+    config::{DatabaseSettings, Topology},
+};
+
+use crate::payload;
+
+pub struct BenchEnv {
+    pub admin_url: String,
+    pub amqp_url: String,
+    pub db_name: String,
+    pub topology: Topology,
+    pub connection: Connection,
+}
+
+impl BenchEnv {
+    pub async fn new(admin_url: &str, amqp_url: &str) -> anyhow::Result<BenchEnv> {
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let db_name = format!("wfm_bench_{tag}");
+        connect(admin_url)
+            .await?
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await?;
+        let topology = Topology {
+            exchange: format!("wfm-bench-{tag}"),
+            checkin_queue: format!("wfm-bench-{tag}.checkins"),
+            version_queue: format!("wfm-bench-{tag}.versions"),
+            dead_letter_exchange: format!("wfm-bench-{tag}.dlx"),
+            dead_letter_queue: format!("wfm-bench-{tag}.dead"),
+        };
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        declare_topology(&channel, &topology).await?;
+        Ok(BenchEnv {
+            admin_url: admin_url.to_owned(),
+            amqp_url: amqp_url.to_owned(),
+            db_name,
+            topology,
+            connection,
+        })
+    }
+
+    pub fn db_url(&self) -> String {
+        let (base, _) = self
+            .admin_url
+            .rsplit_once('/')
+            .expect("admin URL names a database");
+        format!("{base}/{}", self.db_name)
+    }
+
+    pub fn database(&self, pool_size: u32) -> DatabaseSettings {
+        DatabaseSettings {
+            config: self.db_url().parse().expect("valid URL"),
+            pool_size,
+        }
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        connect(&self.db_url()).await
+    }
+
+    /// Fills `routing_key`'s queue with `count` messages made by `body`, with
+    /// publisher confirms (a window of 1,000 in flight).
+    pub async fn prefill(
+        &self,
+        routing_key: &str,
+        count: usize,
+        body: fn(usize) -> String,
+    ) -> anyhow::Result<()> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        for start in (0..count).step_by(1000) {
+            for i in start..(start + 1000).min(count) {
+                self.publish(&channel, routing_key, &format!("m-{i}"), body(i).as_bytes())
+                    .await?;
+            }
+            anyhow::ensure!(
+                channel.wait_for_confirms().await?.is_empty(),
+                "unroutable bench message"
+            );
+        }
+        let _ = channel.close(200, "".into()).await;
+        Ok(())
+    }
+
+    pub async fn publish(
+        &self,
+        channel: &Channel,
+        routing_key: &str,
+        id: &str,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
+        channel
+            .basic_publish(
+                self.topology.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                payload::properties(id, payload::now_ms()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ready messages in `queue` (unacknowledged ones not counted).
+    pub async fn ready(&self, queue: &str) -> anyhow::Result<u32> {
+        let channel = self.connection.create_channel().await?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await?;
+        let _ = channel.close(200, "".into()).await;
+        Ok(declared.message_count())
+    }
+
+    pub async fn drop_all(self) {
+        let channel = match self.connection.create_channel().await {
+            Ok(channel) => channel,
+            Err(_) => return,
+        };
+        let t = &self.topology;
+        for queue in [&t.checkin_queue, &t.version_queue, &t.dead_letter_queue] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [&t.exchange, &t.dead_letter_exchange] {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.connection.close(200, "".into()).await;
+        if let Ok(admin) = connect(&self.admin_url).await {
+            let _ = admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.db_name
+                ))
+                .await;
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> anyhow::Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Polls `probe` every `every` until it returns true or `limit` passes.
+pub async fn poll_until<F, Fut>(
+    what: &str,
+    every: Duration,
+    limit: Duration,
+    mut probe: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !probe().await? {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(every).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! (5) Publish→commit latency at a steady offered load.
+//!
+//! A trigger in the bench's own database sends `pg_notify` per stored checkin;
+//! PostgreSQL delivers a notification when the inserting transaction commits,
+//! so its arrival (on the same clock as the publish) marks the commit.
+
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use futures_util::StreamExt;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_postgres::{AsyncMessage, NoTls};
+use wfm_worker::{app, broker::CHECKIN_ROUTING_KEY};
+
+use crate::{
+    env::BenchEnv,
+    payload,
+    phases::{Limits, spawn_worker, stop},
+};
+
+const NOTIFY_ON_COMMIT: &str = "
+CREATE FUNCTION wfm_bench_notify() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM pg_notify('wfm_bench', NEW.message_id); RETURN NULL; END $$;
+CREATE TRIGGER wfm_bench_notify AFTER INSERT ON clusters_checkins
+  FOR EACH ROW EXECUTE FUNCTION wfm_bench_notify();
+LISTEN wfm_bench;";
+
+pub struct Latencies {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+pub async fn latency(
+    limits: &Limits<'_>,
+    exe: &Path,
+    per_second: usize,
+    seconds: u64,
+) -> anyhow::Result<Latencies> {
+    let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
+    app::bootstrap(&env.database(1)).await?;
+    let (client, mut connection) = tokio_postgres::connect(&env.db_url(), NoTls).await?;
+    let (commits, mut committed) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = commits.send((n.payload().to_owned(), Instant::now()));
+            }
+        }
+    });
+    client.batch_execute(NOTIFY_ON_COMMIT).await?;
+    let mut worker = spawn_worker(&env, exe, limits.batch_size)?;
+    let channel = env.connection.create_channel().await?;
+
+    // Warm-up: the worker is consuming once one message has gone through.
+    env.publish(
+        &channel,
+        CHECKIN_ROUTING_KEY,
+        "warm-up",
+        payload::checkin(0).as_bytes(),
+    )
+    .await?;
+    tokio::time::timeout(Duration::from_secs(60), committed.recv()).await?;
+
+    let total = per_second * seconds as usize;
+    let per_tick = per_second / 100;
+    let mut published = HashMap::with_capacity(total);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let bodies: Vec<String> = (0..total).map(payload::checkin).collect();
+    for (start, chunk) in (0..total).step_by(per_tick).zip(bodies.chunks(per_tick)) {
+        tick.tick().await;
+        for (i, body) in (start..).zip(chunk) {
+            let id = format!("lat-{i}");
+            published.insert(id.clone(), Instant::now());
+            env.publish(&channel, CHECKIN_ROUTING_KEY, &id, body.as_bytes())
+                .await?;
+        }
+    }
+    let mut latencies = Vec::with_capacity(total);
+    while latencies.len() < total {
+        let (id, at) = tokio::time::timeout(Duration::from_secs(30), committed.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("notification stream ended"))?;
+        if let Some(sent) = published.get(&id) {
+            latencies.push(at.duration_since(*sent).as_secs_f64() * 1000.0);
+        }
+    }
+    stop(&mut worker).await?;
+    env.drop_all().await;
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    Ok(Latencies {
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+    })
+}

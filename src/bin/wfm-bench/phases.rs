@@ -1,0 +1,256 @@
+//! The measurements. Each phase runs on a private database and topology and
+//! verifies its result before it reports a rate.
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use futures_util::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
+use tokio::{process::Command, time::Instant};
+use wfm_worker::{
+    app,
+    broker::{CHECKIN_ROUTING_KEY, VERSION_ROUTING_KEY},
+    message::{Checkin, Envelope},
+    store,
+};
+
+use crate::{
+    env::{BenchEnv, poll_until},
+    payload,
+};
+
+pub struct Limits<'a> {
+    pub admin_url: &'a str,
+    pub amqp_url: &'a str,
+    pub prefetch: u16,
+    pub batch_size: usize,
+}
+
+/// (1) A consumer that only acks, with the worker's prefetch and ack style
+/// (one `multiple` ack per batch).
+pub async fn broker_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f64> {
+    let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
+    env.prefill(CHECKIN_ROUTING_KEY, count, payload::checkin)
+        .await?;
+    let channel = env.connection.create_channel().await?;
+    channel
+        .basic_qos(limits.prefetch, BasicQosOptions::default())
+        .await?;
+    let started = Instant::now();
+    let mut consumer = channel
+        .basic_consume(
+            env.topology.checkin_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut received = 0;
+    let mut pending: Option<Delivery> = None;
+    while received < count {
+        let delivery = consumer.next().await.expect("consumer open")?;
+        received += 1;
+        let last = pending.insert(delivery);
+        if received % limits.batch_size == 0 || received == count {
+            anyhow::ensure!(
+                last.acker.ack(BasicAckOptions { multiple: true }).await?,
+                "ack not sent"
+            );
+        }
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        env.ready(&env.topology.checkin_queue).await? == 0,
+        "queue not drained"
+    );
+    env.drop_all().await;
+    Ok(rate)
+}
+
+/// (2) The worker's own batched write statements, driven directly.
+pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f64> {
+    let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
+    let settings = env.database(1);
+    app::bootstrap(&settings).await?;
+    let pool = store::connect_pool(&settings);
+    let bodies: Vec<String> = (0..count).map(payload::checkin).collect();
+    let ids: Vec<String> = (0..count).map(|i| format!("m-{i}")).collect();
+    let received_at = chrono::Utc::now();
+    let checkins: Vec<Checkin<'_>> = bodies
+        .iter()
+        .zip(&ids)
+        .map(|(body, id)| {
+            let envelope = Envelope {
+                body: body.as_bytes(),
+                message_id: Some(id),
+                timestamp_secs: None,
+                timestamp_ms: Some(payload::now_ms()),
+                received_at,
+            };
+            Checkin::parse(&envelope, 1 << 20).expect("bench payload is valid")
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in checkins.chunks(limits.batch_size) {
+        store::write_checkins(&pool, batch).await?;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let stored: i64 = env
+        .client()
+        .await?
+        .query_one("SELECT count(*) FROM clusters_checkins", &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        stored == count as i64,
+        "database phase stored {stored} of {count}"
+    );
+    drop(pool);
+    env.drop_all().await;
+    Ok(rate)
+}
+
+/// What a worker drain measured.
+pub struct Drain {
+    pub rate: f64,
+    pub peak_rss_kib: u64,
+}
+
+/// Which queue a worker drain fills.
+#[derive(Clone, Copy)]
+pub enum Backlog {
+    Checkins,
+    Versions,
+}
+
+/// (3), (4), (7): the real binary drains a pre-filled queue; timed from spawn
+/// to the last row committed, then verified (every row, every ack).
+pub async fn worker_drain(
+    limits: &Limits<'_>,
+    exe: &Path,
+    backlog: Backlog,
+    count: usize,
+    batch_size: usize,
+) -> anyhow::Result<Drain> {
+    let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
+    let (key, body, queue): (_, fn(usize) -> String, _) = match backlog {
+        Backlog::Checkins => (
+            CHECKIN_ROUTING_KEY,
+            payload::checkin,
+            env.topology.checkin_queue.clone(),
+        ),
+        Backlog::Versions => (
+            VERSION_ROUTING_KEY,
+            payload::version,
+            env.topology.version_queue.clone(),
+        ),
+    };
+    env.prefill(key, count, body).await?;
+    let client = env.client().await?;
+    let started = Instant::now();
+    let mut worker = spawn_worker(&env, exe, batch_size)?;
+    // The highest id is an index lookup; count(*) at 100 Hz would load the database.
+    let newest = match backlog {
+        Backlog::Checkins => "SELECT coalesce(max(checkins_id), 0) FROM clusters_checkins",
+        Backlog::Versions => "SELECT coalesce(max(version_id), 0) FROM versions",
+    };
+    poll_until(
+        "the backlog to be stored",
+        Duration::from_millis(10),
+        Duration::from_secs(600),
+        || async {
+            let row = client.query_one(newest, &[]).await;
+            Ok(row.is_ok_and(|row| row.get::<_, i64>(0) >= count as i64))
+        },
+    )
+    .await?;
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let peak_rss_kib = peak_rss_kib(worker.id().unwrap_or_default()).unwrap_or_default();
+    poll_until(
+        "the queue to be drained",
+        Duration::from_millis(20),
+        Duration::from_secs(60),
+        || async { Ok(env.ready(&queue).await? == 0) },
+    )
+    .await?;
+    stop(&mut worker).await?;
+    verify(&env, &client, backlog, count, &queue).await?;
+    env.drop_all().await;
+    Ok(Drain { rate, peak_rss_kib })
+}
+
+async fn verify(
+    env: &BenchEnv,
+    client: &tokio_postgres::Client,
+    backlog: Backlog,
+    count: usize,
+    queue: &str,
+) -> anyhow::Result<()> {
+    let check = match backlog {
+        Backlog::Checkins => {
+            "SELECT count(*), count(DISTINCT message_id), (SELECT count(*) FROM clusters) FROM clusters_checkins"
+        }
+        Backlog::Versions => "SELECT count(*), count(*), 0::bigint FROM versions",
+    };
+    let row = client.query_one(check, &[]).await?;
+    let (rows, distinct, clusters): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    anyhow::ensure!(
+        rows == count as i64 && distinct == count as i64,
+        "stored {rows} rows ({distinct} distinct) of {count}"
+    );
+    if let Backlog::Checkins = backlog {
+        let expected = payload::CLUSTERS.min(count) as i64;
+        anyhow::ensure!(
+            clusters == expected,
+            "{clusters} clusters, expected {expected}"
+        );
+    }
+    // The worker has closed its connection: anything unacked would be ready again.
+    anyhow::ensure!(
+        env.ready(queue).await? == 0,
+        "messages left unacked in {queue}"
+    );
+    Ok(())
+}
+
+pub fn spawn_worker(
+    env: &BenchEnv,
+    exe: &Path,
+    batch_size: usize,
+) -> anyhow::Result<tokio::process::Child> {
+    let t = &env.topology;
+    Ok(Command::new(exe)
+        .arg("run")
+        .env("WFM_DATABASE_URL", env.db_url())
+        .env("WFM_AMQP_URL", &env.amqp_url)
+        .env("WFM_EXCHANGE", &t.exchange)
+        .env("WFM_CHECKIN_QUEUE", &t.checkin_queue)
+        .env("WFM_VERSION_QUEUE", &t.version_queue)
+        .env("WFM_DEAD_LETTER_EXCHANGE", &t.dead_letter_exchange)
+        .env("WFM_DEAD_LETTER_QUEUE", &t.dead_letter_queue)
+        .env("WFM_BATCH_SIZE", batch_size.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// SIGTERM, then wait for the graceful exit.
+pub async fn stop(worker: &mut tokio::process::Child) -> anyhow::Result<()> {
+    let pid = worker.id().unwrap_or_default().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().await?;
+    let status = tokio::time::timeout(Duration::from_secs(40), worker.wait()).await??;
+    anyhow::ensure!(status.success(), "worker exited with {status}");
+    Ok(())
+}
+
+/// VmHWM: the process's peak resident set, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
