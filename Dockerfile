@@ -27,5 +27,9 @@ RUN apt-get update \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin wfm
 COPY --from=build /usr/local/bin/wfm-worker /usr/local/bin/wfm-worker
 USER 10001:10001
+# WFM_HTTP_ADDR: /healthz, /readyz, /metrics.
+EXPOSE 9090
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["wfm-worker", "healthcheck"]
 ENTRYPOINT ["wfm-worker"]
 CMD ["run"]

@@ -5,14 +5,16 @@
 //! queue task ends with the reason, the others are stopped, and `run` returns
 //! the error so that the process exits non-zero and its supervisor restarts it.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{self, BrokerError, DeadLetterPublisher},
-    config::{DatabaseSettings, Settings, describe_amqp, describe_postgres},
+    config::{DatabaseSettings, Settings, Topology, describe_amqp, describe_postgres},
+    http::{self, Readiness},
     pipeline::{PipelineError, QueueContext, QueueKind, run_queue},
     store::{self, BootstrapError, Pool},
 };
@@ -31,6 +33,8 @@ pub enum RunError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("{0}")]
+    Http(std::io::Error),
     #[error("a queue task panicked: {0}")]
     Panicked(String),
     #[error("shutdown did not finish within {0:?}; unacknowledged messages will be redelivered")]
@@ -65,11 +69,42 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         "starting"
     );
     let pool = store::connect_pool(&settings.database);
-    bootstrap_with(&pool, &settings.database).await?;
+    let readiness = Arc::new(Readiness::default());
+    let serving = shutdown.child_token();
+    let server = match settings.http_addr {
+        Some(addr) => Some(
+            http::serve(addr, readiness.clone(), pool.clone(), serving.clone())
+                .await
+                .map_err(RunError::Http)?,
+        ),
+        None => None,
+    };
+    let result = async {
+        bootstrap_with(&pool, &settings.database).await?;
+        readiness.set_bootstrapped();
+        consume(&settings, &pool, &readiness, &shutdown).await
+    }
+    .await;
+    readiness.set_broker_connected(false);
+    serving.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    tracing::info!(ok = result.is_ok(), "stopped");
+    result
+}
 
+/// One broker connection's life: topology, consumers, supervision.
+async fn consume(
+    settings: &Settings,
+    pool: &Pool,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
     let topology = &settings.broker.topology;
     let connection =
         broker::connect(&settings.broker.uri, &settings.broker.connection_name).await?;
+    readiness.set_broker_connected(true);
     let setup = connection
         .create_channel()
         .await
@@ -78,7 +113,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             source,
         })?;
     broker::declare_topology(&setup, topology).await?;
-    let _ = setup.close(200, "topology declared".into()).await;
     let dead_letters =
         DeadLetterPublisher::open(&connection, &topology.dead_letter_exchange).await?;
 
@@ -98,11 +132,56 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             settings: settings.pipeline.clone(),
         };
         tasks.spawn(run_queue(context, channel, consumer, stop.clone()));
+        readiness.consuming_started();
     }
+    let sampler = tokio::spawn(sample_gauges(
+        setup,
+        pool.clone(),
+        topology.clone(),
+        stop.clone(),
+    ));
     let result = supervise(tasks, &stop, settings.shutdown_timeout).await;
+    stop.cancel();
+    let _ = sampler.await;
+    readiness.set_broker_connected(false);
     let _ = connection.close(200, "worker stopped".into()).await;
-    tracing::info!(ok = result.is_ok(), "stopped");
     result
+}
+
+/// Gauges no event updates: pool connections, and each queue's depth and
+/// consumers (a passive declare, which changes nothing on the broker).
+async fn sample_gauges(channel: Channel, pool: Pool, topology: Topology, stop: CancellationToken) {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queues = [
+        topology.checkin_queue,
+        topology.version_queue,
+        topology.dead_letter_queue,
+    ];
+    loop {
+        let state = pool.state();
+        metrics::gauge!("wfm_pool_connections", "state" => "idle").set(state.idle_connections);
+        metrics::gauge!("wfm_pool_connections", "state" => "in_use")
+            .set(state.connections - state.idle_connections);
+        for queue in &queues {
+            if let Ok(declared) = channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                metrics::gauge!("wfm_queue_messages", "queue" => queue.clone())
+                    .set(declared.message_count());
+                metrics::gauge!("wfm_queue_consumers", "queue" => queue.clone())
+                    .set(declared.consumer_count());
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+    let _ = channel.close(200, "sampler stopped".into()).await;
 }
 
 /// Waits for shutdown or for the first task to end (a task only ends early on a

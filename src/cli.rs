@@ -1,15 +1,17 @@
 //! The command line: `wfm-worker <subcommand>`, every flag also an environment variable.
 
+use std::{net::SocketAddr, path::PathBuf};
+
 use clap::{Parser, Subcommand};
 
 use crate::{
-    config::{DatabaseArgs, RunArgs},
+    config::{BrokerArgs, DatabaseArgs, RunArgs},
     telemetry::LogFormat,
 };
 
 /// Records cluster checkins and component version events from RabbitMQ in PostgreSQL.
 #[derive(Debug, Parser)]
-#[command(name = "wfm-worker", version, propagate_version = true)]
+#[command(name = "wfm-worker", version)]
 pub struct Cli {
     /// Log format: `text` for people, `json` (one object per line) for collectors.
     #[arg(
@@ -26,12 +28,79 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up: boxing variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Apply the schema, declare the broker topology, then consume checkins and
     /// version events until SIGTERM or SIGINT.
-    Run(Box<RunArgs>),
+    Run(RunArgs),
     /// Apply the schema files to the database and exit (for an init job).
     Bootstrap(BootstrapArgs),
+    /// Publish checkins or version events, validated locally with the worker's
+    /// own rules, persistent and with publisher confirms.
+    #[command(subcommand)]
+    Publish(PublishCommand),
+    /// Probe the worker's /healthz on this host; exit 0 when it answers 200
+    /// (the container's HEALTHCHECK).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PublishCommand {
+    /// Publish one version event (routing key `version.publish`).
+    #[command(disable_version_flag = true)]
+    Version(PublishVersionArgs),
+    /// Publish checkins from a file: one JSON document, or JSON lines (one
+    /// checkin per line); `-` reads standard input.
+    Checkin(PublishCheckinArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishVersionArgs {
+    /// Component name, 1 to 32 characters (e.g. deis-router).
+    #[arg(long)]
+    pub component: String,
+    /// Release train, 1 to 24 characters (e.g. stable).
+    #[arg(long)]
+    pub train: String,
+    /// Version, 1 to 32 characters (e.g. v2.4.0).
+    #[arg(long)]
+    pub version: String,
+    /// Release time, RFC 3339 (e.g. 2016-08-02T17:00:00Z).
+    #[arg(long)]
+    pub released: String,
+    /// JSON file with the release notes and other data (`version.data`).
+    #[arg(long)]
+    pub data_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: PublishLimits,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishCheckinArgs {
+    /// File of checkins (`-` for standard input).
+    #[arg(long)]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub limits: PublishLimits,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishLimits {
+    /// Larger messages are refused, as the worker would refuse them.
+    #[arg(long, env = "WFM_MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthcheckArgs {
+    /// The worker's HTTP address; an unspecified host (0.0.0.0) is probed on 127.0.0.1.
+    #[arg(long, env = "WFM_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    pub http_addr: SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]

@@ -5,7 +5,7 @@
 //! prefetch at least the batch size. A bad setting fails start-up with one line
 //! naming the variable, and never echoes a URL (it may carry a password).
 
-use std::{str::FromStr, time::Duration};
+use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::Args;
 use lapin::uri::AMQPUri;
@@ -122,6 +122,9 @@ pub struct RunArgs {
     pub broker: BrokerArgs,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    /// Address of the health, readiness and metrics endpoints.
+    #[arg(long, env = "WFM_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    pub http_addr: SocketAddr,
 }
 
 impl RunArgs {
@@ -131,6 +134,7 @@ impl RunArgs {
             broker: self.broker.validate()?,
             pipeline: self.pipeline.validate()?,
             shutdown_timeout: Duration::from_secs(self.pipeline.shutdown_timeout_secs),
+            http_addr: Some(self.http_addr),
         })
     }
 }
@@ -142,6 +146,8 @@ pub struct Settings {
     pub broker: BrokerSettings,
     pub pipeline: PipelineSettings,
     pub shutdown_timeout: Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; `None`: nowhere.
+    pub http_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]

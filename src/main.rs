@@ -7,8 +7,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use wfm_worker::{
     app,
-    cli::{Cli, Command},
-    shutdown, telemetry,
+    cli::{Cli, Command, HealthcheckArgs, PublishCommand},
+    http, publish, shutdown, telemetry,
 };
 
 fn main() -> ExitCode {
@@ -44,6 +44,61 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Bootstrap(args) => {
             app::bootstrap(&args.database.validate()?).await?;
         }
+        Command::Publish(command) => publish(command).await?,
+        Command::Healthcheck(args) => healthcheck(args).await?,
     }
+    Ok(())
+}
+
+async fn publish(command: PublishCommand) -> anyhow::Result<()> {
+    let (kind, documents, limits, broker) = match command {
+        PublishCommand::Version(args) => {
+            let data = match &args.data_file {
+                Some(path) => Some(
+                    serde_json::from_str(&std::fs::read_to_string(path)?).map_err(|e| {
+                        anyhow::anyhow!("--data-file {} is not JSON: {e}", path.display())
+                    })?,
+                ),
+                None => None,
+            };
+            let spec = publish::VersionSpec {
+                component: args.component,
+                train: args.train,
+                version: args.version,
+                released: args.released,
+                data,
+            };
+            (
+                publish::Kind::Version,
+                vec![spec.to_document()],
+                args.limits,
+                args.broker,
+            )
+        }
+        PublishCommand::Checkin(args) => {
+            let documents = publish::read_documents(&args.file)?;
+            (publish::Kind::Checkin, documents, args.limits, args.broker)
+        }
+    };
+    publish::validate(kind, &documents, limits.max_message_bytes)?;
+    let ids = publish::publish(&broker.validate()?, kind, &documents).await?;
+    // The message ids on stdout, one per line: scripts can record them.
+    for id in ids {
+        println!("{id}");
+    }
+    Ok(())
+}
+
+async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let mut addr = args.http_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let (status, body) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        http::get(addr, "/healthz"),
+    )
+    .await??;
+    anyhow::ensure!(status == 200, "GET /healthz answered {status}: {body}");
     Ok(())
 }

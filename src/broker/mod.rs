@@ -10,7 +10,7 @@ mod topology;
 
 pub use connection::{connect, open_consumer};
 pub use dead_letter::{DeadLetter, DeadLetterPublisher, headers as dead_letter_headers};
-pub use topology::{CHECKIN_ROUTING_KEY, VERSION_ROUTING_KEY, declare_topology};
+pub use topology::{CHECKIN_ROUTING_KEY, Plan, VERSION_ROUTING_KEY, declare_topology};
 
 /// A broker failure, naming what was being done.
 #[derive(Debug, thiserror::Error)]

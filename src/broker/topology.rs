@@ -4,12 +4,17 @@
 //! `x-delivery-count`), and dead-letter to the dead-letter exchange. A queue that
 //! already exists with other arguments makes the broker refuse the declaration
 //! (406 PRECONDITION_FAILED, "inequivalent arg"): start-up stops with that reason.
+//!
+//! The topology is data first ([`Plan`]): the worker declares it, and
+//! `config/rabbitmq-definitions.json` is the same plan in RabbitMQ's definitions
+//! format (a test keeps the two equal).
 
 use lapin::{
     Channel, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
+use serde_json::{Value, json};
 
 use super::BrokerError;
 use crate::config::Topology;
@@ -19,24 +24,91 @@ pub const VERSION_ROUTING_KEY: &str = "version.publish";
 /// The dead-letter queue takes every routing key.
 const DEAD_LETTER_BINDING: &str = "#";
 
+/// Everything the worker declares, in declaration order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Durable topic exchanges.
+    pub exchanges: Vec<String>,
+    /// Durable quorum queues, with the exchange they dead-letter to.
+    pub queues: Vec<(String, Option<String>)>,
+    /// (queue, exchange, routing key).
+    pub bindings: Vec<(String, String, String)>,
+}
+
+impl Plan {
+    pub fn of(t: &Topology) -> Plan {
+        let dlx = Some(t.dead_letter_exchange.clone());
+        Plan {
+            exchanges: vec![t.exchange.clone(), t.dead_letter_exchange.clone()],
+            queues: vec![
+                (t.dead_letter_queue.clone(), None),
+                (t.checkin_queue.clone(), dlx.clone()),
+                (t.version_queue.clone(), dlx),
+            ],
+            bindings: vec![
+                (
+                    t.dead_letter_queue.clone(),
+                    t.dead_letter_exchange.clone(),
+                    DEAD_LETTER_BINDING.into(),
+                ),
+                (
+                    t.checkin_queue.clone(),
+                    t.exchange.clone(),
+                    CHECKIN_ROUTING_KEY.into(),
+                ),
+                (
+                    t.version_queue.clone(),
+                    t.exchange.clone(),
+                    VERSION_ROUTING_KEY.into(),
+                ),
+            ],
+        }
+    }
+
+    /// The plan in RabbitMQ's definitions format (`rabbitmqctl import_definitions`).
+    pub fn definitions(&self, vhost: &str) -> Value {
+        let exchanges: Vec<Value> = self
+            .exchanges
+            .iter()
+            .map(|name| {
+                json!({
+                    "name": name, "vhost": vhost, "type": "topic", "durable": true,
+                    "auto_delete": false, "internal": false, "arguments": {}
+                })
+            })
+            .collect();
+        let queues: Vec<Value> = self.queues.iter().map(|(name, dlx)| {
+            let mut arguments = json!({"x-queue-type": "quorum"});
+            if let Some(dlx) = dlx {
+                arguments["x-dead-letter-exchange"] = json!(dlx);
+            }
+            json!({"name": name, "vhost": vhost, "durable": true, "auto_delete": false, "arguments": arguments})
+        }).collect();
+        let bindings: Vec<Value> = self
+            .bindings
+            .iter()
+            .map(|(queue, exchange, key)| {
+                json!({
+                    "source": exchange, "vhost": vhost, "destination": queue,
+                    "destination_type": "queue", "routing_key": key, "arguments": {}
+                })
+            })
+            .collect();
+        json!({"exchanges": exchanges, "queues": queues, "bindings": bindings})
+    }
+}
+
 /// Declares everything the worker and its publishers rely on.
 pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
-    declare_exchange(channel, &topology.exchange).await?;
-    declare_exchange(channel, &topology.dead_letter_exchange).await?;
-    declare_queue(channel, &topology.dead_letter_queue, quorum(None)).await?;
-    bind(
-        channel,
-        &topology.dead_letter_queue,
-        &topology.dead_letter_exchange,
-        DEAD_LETTER_BINDING,
-    )
-    .await?;
-    for (queue, key) in [
-        (&topology.checkin_queue, CHECKIN_ROUTING_KEY),
-        (&topology.version_queue, VERSION_ROUTING_KEY),
-    ] {
-        declare_queue(channel, queue, quorum(Some(&topology.dead_letter_exchange))).await?;
-        bind(channel, queue, &topology.exchange, key).await?;
+    let plan = Plan::of(topology);
+    for exchange in &plan.exchanges {
+        declare_exchange(channel, exchange).await?;
+    }
+    for (queue, dead_letter_exchange) in &plan.queues {
+        declare_queue(channel, queue, quorum(dead_letter_exchange.as_deref())).await?;
+    }
+    for (queue, exchange, key) in &plan.bindings {
+        bind(channel, queue, exchange, key).await?;
     }
     Ok(())
 }
@@ -109,4 +181,27 @@ async fn bind(
             what: format!("binding of queue {queue} to exchange {exchange} with key {key}"),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn definitions_file_is_the_topology_the_worker_declares_by_default() {
+        let Command::Run(args) = Cli::try_parse_from(["wfm-worker", "run"]).unwrap().command else {
+            unreachable!("parsed `run`");
+        };
+        let topology = args.broker.validate().unwrap().topology;
+        let declared = Plan::of(&topology).definitions("/");
+        let file: Value =
+            serde_json::from_str(include_str!("../../config/rabbitmq-definitions.json")).unwrap();
+        assert_eq!(
+            declared, file,
+            "config/rabbitmq-definitions.json is out of date"
+        );
+    }
 }

@@ -13,6 +13,7 @@
 //! the previous one; with `in_flight` > 1 (checkins only: their event-time rule
 //! makes the order of batches irrelevant) writes overlap too, on the pool.
 
+mod metrics;
 mod process;
 
 pub use process::{BatchReport, QueueContext, Settled, process_batch, settle_batch};

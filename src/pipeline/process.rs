@@ -4,7 +4,7 @@
 //! dead-lettered (its copy confirmed by the broker), or handed back for a later
 //! attempt (nacked with requeue). Acks come last, after all of that is done.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lapin::{
@@ -14,7 +14,7 @@ use lapin::{
     types::AMQPValue,
 };
 
-use super::QueueKind;
+use super::{QueueKind, metrics};
 use crate::{
     broker::{BrokerError, DeadLetter, DeadLetterPublisher},
     config::PipelineSettings,
@@ -39,6 +39,8 @@ pub struct BatchReport {
     /// Rows newly stored; the rest of the valid messages were duplicates.
     pub stored: u64,
     pub dead_lettered: usize,
+    /// Of those, valid messages (refused by the database, or failing too often).
+    pub refused: usize,
     /// Handed back to the broker for another attempt.
     pub requeued: usize,
 }
@@ -59,6 +61,7 @@ pub struct Settled {
     pub report: BatchReport,
     /// The acker of the batch's highest delivery tag.
     last: Option<Acker>,
+    queue: String,
 }
 
 impl Settled {
@@ -68,6 +71,7 @@ impl Settled {
         if let Some(last) = self.last {
             let acked = last.ack(BasicAckOptions { multiple: true }).await;
             confirm_settled(acked, "acking a batch")?;
+            metrics::acked(&self.queue, self.report.received - self.report.requeued);
         }
         Ok(self.report)
     }
@@ -113,8 +117,19 @@ pub async fn settle_batch(
             &mut dispositions,
         )),
     };
+    let started = Instant::now();
     let stored = write_retrying(context, &parsed, &mut dispositions).await;
-    settle(context, &deliveries, dispositions, stored).await
+    let write = started.elapsed();
+    let settled = settle(context, &deliveries, dispositions, stored).await?;
+    let redelivered = deliveries.iter().filter(|d| d.redelivered).count();
+    metrics::batch_settled(
+        &context.queue,
+        &settled.report,
+        parsed.indices().len(),
+        redelivered,
+        write,
+    );
+    Ok(settled)
 }
 
 /// The valid messages of a batch, with their indices in the batch.
@@ -224,7 +239,12 @@ async fn settle(
     for (delivery, disposition) in deliveries.iter().zip(dispositions) {
         match disposition {
             Disposition::Stored => {}
-            Disposition::DeadLetter(rejection) => letters.push((delivery, rejection)),
+            Disposition::DeadLetter(rejection) => {
+                if rejection.kind != RejectionKind::Invalid {
+                    report.refused += 1;
+                }
+                letters.push((delivery, rejection));
+            }
             Disposition::Retry(error) => {
                 let count = delivery_count(delivery);
                 if count + 1 >= context.settings.max_deliveries {
@@ -232,6 +252,7 @@ async fn settle(
                         "failed on each of {} deliveries; last error: {error}",
                         count + 1
                     );
+                    report.refused += 1;
                     letters.push((
                         delivery,
                         Rejection {
@@ -258,7 +279,11 @@ async fn settle(
         .iter()
         .max_by_key(|d| d.delivery_tag)
         .map(|d| d.acker.clone());
-    Ok(Settled { report, last })
+    Ok(Settled {
+        report,
+        last,
+        queue: context.queue.clone(),
+    })
 }
 
 async fn dead_letter_all(
@@ -280,8 +305,10 @@ async fn dead_letter_all(
         })
     });
     // Confirms are awaited together: one round trip for the lot, not one each.
-    for result in futures_util::future::join_all(publishes).await {
+    let confirmed = futures_util::future::join_all(publishes).await;
+    for (result, (_, rejection)) in confirmed.into_iter().zip(letters) {
         result?;
+        metrics::dead_lettered(&context.queue, rejection.kind);
     }
     Ok(())
 }

@@ -6,6 +6,13 @@ use tokio::process::Command;
 
 use crate::support::{CLUSTER, Outgoing, TestEnv, broker::AMQP_URL, checkin_body, version_body};
 
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 fn worker(env: &TestEnv) -> Command {
     let t = &env.broker.topology;
     let mut command = Command::new(env!("CARGO_BIN_EXE_wfm-worker"));
@@ -18,6 +25,7 @@ fn worker(env: &TestEnv) -> Command {
         .env("WFM_VERSION_QUEUE", &t.version_queue)
         .env("WFM_DEAD_LETTER_EXCHANGE", &t.dead_letter_exchange)
         .env("WFM_DEAD_LETTER_QUEUE", &t.dead_letter_queue)
+        .env("WFM_HTTP_ADDR", free_port().to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -101,4 +109,50 @@ async fn bootstrap_subcommand_applies_the_schema_and_exits_0() {
         env.db.count("SELECT count(*) FROM schema_migrations").await,
         wfm_worker::store::MIGRATIONS.len() as i64
     );
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_name_each_dead_letter() {
+    let env = TestEnv::new().await;
+    let child = worker(&env)
+        .env("WFM_LOG_FORMAT", "json")
+        .arg("run")
+        .spawn()
+        .unwrap();
+    env.broker
+        .publish_checkins(&[Outgoing::new("not json").id("bad-1")])
+        .await;
+    env.wait_for_dead_letters(1).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    let dead: Vec<_> = lines
+        .iter()
+        .filter(|l| l["message"] == "dead-lettering message")
+        .collect();
+    assert_eq!(dead.len(), 1, "logged once");
+    assert_eq!(dead[0]["message_id"], "bad-1");
+    assert_eq!(dead[0]["queue"], env.broker.topology.checkin_queue.as_str());
+    assert!(dead[0]["reason"].as_str().unwrap().contains("JSON object"));
 }

@@ -5,6 +5,8 @@ mod batching;
 mod binary;
 mod bootstrap;
 mod checkins;
+mod operations;
+mod publisher;
 mod rejections;
 mod shutdown;
 mod support;

@@ -31,6 +31,11 @@ impl TestDb {
         format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
     }
 
+    /// The same database through another address (a proxy).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        format!("postgres://postgres@{addr}/{}", self.name)
+    }
+
     pub fn settings(&self) -> DatabaseSettings {
         DatabaseSettings {
             config: self.url().parse::<Config>().unwrap(),

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod db;
+pub mod proxy;
 
 use std::{future::Future, time::Duration};
 
@@ -62,6 +63,7 @@ impl TestEnv {
                 max_deliveries: 5,
             },
             shutdown_timeout: Duration::from_secs(30),
+            http_addr: None,
         }
     }
 

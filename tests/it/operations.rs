@@ -1,0 +1,169 @@
+//! What operators rely on: readiness, metrics, JSON logs, the Dockerfile.
+
+use std::{net::SocketAddr, sync::Mutex, time::Duration};
+
+use wfm_worker::http;
+
+use crate::support::{
+    CLUSTER, Outgoing, RunningWorker, TestEnv, checkin_body, proxy::Proxy, wait_until,
+};
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn wait_for_status(addr: SocketAddr, path: &str, expected: u16) -> String {
+    let last = Mutex::new(String::new());
+    wait_until(
+        &format!("GET {path} to answer {expected}"),
+        Duration::from_secs(30),
+        || async {
+            match http::get(addr, path).await {
+                Ok((status, body)) if status == expected => {
+                    *last.lock().unwrap() = body;
+                    true
+                }
+                _ => false,
+            }
+        },
+    )
+    .await;
+    last.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn readiness_turns_503_naming_the_database_while_it_is_cut_and_200_after() {
+    let env = TestEnv::new().await;
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut settings = env.settings();
+    settings.database.config = env.db.url_via(proxy.addr).parse().unwrap();
+    let addr = free_port();
+    settings.http_addr = Some(addr);
+    let worker = RunningWorker::start(settings);
+
+    let body = wait_for_status(addr, "/readyz", 200).await;
+    assert!(body.contains(r#""ready":true"#), "{body}");
+    proxy.cut();
+    let body = wait_for_status(addr, "/readyz", 503).await;
+    assert!(body.contains("unreachable"), "names the database: {body}");
+    assert!(body.contains(r#""broker":"ok""#), "{body}");
+    let (status, _) = http::get(addr, "/healthz").await.unwrap();
+    assert_eq!(status, 200, "alive while not ready");
+    proxy.restore();
+    wait_for_status(addr, "/readyz", 200).await;
+    worker.stop().await.unwrap();
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            let matches = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse().ok()).flatten()
+        })
+}
+
+#[tokio::test]
+async fn metrics_count_stored_and_dead_lettered_messages() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    let addr = free_port();
+    settings.http_addr = Some(addr);
+    let queue = env.broker.topology.checkin_queue.clone();
+    let messages = vec![
+        Outgoing::new(checkin_body(CLUSTER, "a")).id("a"),
+        Outgoing::new(checkin_body(CLUSTER, "b")).id("b"),
+        Outgoing::new("not json").id("bad"),
+        Outgoing::new(checkin_body(CLUSTER, "a")).id("a"),
+    ];
+    env.broker.publish_checkins(&messages).await;
+    let worker = RunningWorker::start(settings);
+    env.wait_for_dead_letters(1).await;
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 2)
+        .await;
+
+    let scraped = Mutex::new(String::new());
+    wait_until(
+        "the counters to be scraped",
+        Duration::from_secs(10),
+        || async {
+            let text = http::get(addr, "/metrics")
+                .await
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            let acked = sample(&text, "wfm_messages_acked_total", &[("queue", &queue)]);
+            *scraped.lock().unwrap() = text;
+            acked == Some(4.0)
+        },
+    )
+    .await;
+    let text = scraped.into_inner().unwrap();
+    let q = [("queue", queue.as_str())];
+    assert_eq!(sample(&text, "wfm_messages_received_total", &q), Some(4.0));
+    assert_eq!(sample(&text, "wfm_messages_stored_total", &q), Some(2.0));
+    assert_eq!(
+        sample(&text, "wfm_messages_deduplicated_total", &q),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "wfm_messages_dead_lettered_total",
+            &[("queue", &queue), ("reason", "invalid")]
+        ),
+        Some(1.0)
+    );
+    assert!(sample(&text, "wfm_batch_write_duration_seconds_count", &q).unwrap() >= 1.0);
+    assert!(
+        sample(
+            &text,
+            "wfm_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        )
+        .is_some()
+    );
+    worker.stop().await.unwrap();
+}
+
+#[test]
+fn the_dockerfile_builds_in_stages_and_runs_the_binary_as_non_root_with_a_healthcheck() {
+    let dockerfile = include_str!("../../Dockerfile");
+    let lines: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+    assert!(
+        lines.iter().filter(|l| l.starts_with("FROM ")).count() >= 2,
+        "multi-stage"
+    );
+    assert!(
+        has("COPY Cargo.toml Cargo.lock"),
+        "dependency layer before the sources"
+    );
+    assert!(
+        has("COPY --from=build /usr/local/bin/wfm-worker"),
+        "the binary only"
+    );
+    let user = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("USER "))
+        .expect("a USER line");
+    assert!(
+        !user.contains("root") && !user.starts_with("USER 0"),
+        "{user}"
+    );
+    assert!(has("EXPOSE 9090"));
+    assert!(has("HEALTHCHECK") && dockerfile.contains(r#"CMD ["wfm-worker", "healthcheck"]"#));
+    assert!(has(r#"ENTRYPOINT ["wfm-worker"]"#));
+    assert!(has(r#"CMD ["run"]"#));
+}
