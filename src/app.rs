@@ -1,14 +1,19 @@
-//! Start-up and supervision: bootstrap → topology → one task per queue, until
-//! the shutdown token is cancelled or a task fails.
+//! Start-up and recovery: bootstrap → topology → one task per queue, until the
+//! shutdown token is cancelled.
 //!
-//! The worker does not reconnect (yet): when the broker connection fails, a
-//! queue task ends with the reason, the others are stopped, and `run` returns
-//! the error so that the process exits non-zero and its supervisor restarts it.
+//! A lost broker connection (a restart, an operator closing it, a cut network)
+//! ends the connection's queue tasks; `run` then reconnects with capped
+//! exponential backoff and jitter, declares the topology again and resumes.
+//! Deliveries in flight when the connection died are redelivered by the broker
+//! and deduplicated by `message_id`. Only a configuration error (a topology
+//! conflict, refused credentials) or an exhausted `WFM_RECONNECT_MAX` ends `run`
+//! with an error.
+
+mod supervise;
 
 use std::{sync::Arc, time::Duration};
 
 use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -16,7 +21,7 @@ use crate::{
     config::{DatabaseSettings, Settings, Topology, describe_amqp, describe_postgres},
     http::{self, Readiness},
     pipeline::{PipelineError, QueueContext, QueueKind, run_queue},
-    store::{self, BootstrapError, Pool},
+    store::{self, BootstrapError, ErrorClass, Pool},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,27 @@ pub enum RunError {
     Panicked(String),
     #[error("shutdown did not finish within {0:?}; unacknowledged messages will be redelivered")]
     ShutdownTimedOut(Duration),
+    #[error("gave up after {attempts} attempts (WFM_RECONNECT_MAX): {last}")]
+    RetriesExhausted { attempts: u32, last: Box<RunError> },
+}
+
+impl RunError {
+    /// Whether trying again later can succeed (an outage), as opposed to a
+    /// configuration error that will fail the same way every time.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Database { source, .. } => store::classify(source) == ErrorClass::Transient,
+            Self::Bootstrap(BootstrapError::Database(e)) => {
+                store::classify(e) == ErrorClass::Transient
+            }
+            Self::Broker(e) | Self::Pipeline(PipelineError::Broker(e)) => e.is_transient(),
+            Self::Pipeline(PipelineError::ConsumerCancelled(_) | PipelineError::Abandoned(_)) => {
+                true
+            }
+            Self::ShutdownTimedOut(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Applies the schema files (the `bootstrap` subcommand, and the first step of `run`).
@@ -61,7 +87,8 @@ async fn bootstrap_with(pool: &Pool, settings: &DatabaseSettings) -> Result<usiz
     Ok(applied)
 }
 
-/// Runs the worker until `shutdown` is cancelled (Ok) or something fails (Err).
+/// Runs the worker until `shutdown` is cancelled (Ok) or something fails for
+/// good (Err).
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
     tracing::info!(
         database = %describe_postgres(&settings.database.config),
@@ -80,9 +107,23 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         None => None,
     };
     let result = async {
-        bootstrap_with(&pool, &settings.database).await?;
+        let mut retry = Retry::new(&settings, &shutdown, "bootstrap");
+        while let Err(error) = bootstrap_with(&pool, &settings.database).await {
+            if !retry.after(error).await? {
+                return Ok(());
+            }
+        }
         readiness.set_bootstrapped();
-        consume(&settings, &pool, &readiness, &shutdown).await
+        let mut retry = Retry::new(&settings, &shutdown, "consume");
+        loop {
+            let Err(error) = consume(&settings, &pool, &readiness, &shutdown, &mut retry).await
+            else {
+                return Ok(());
+            };
+            if !retry.after(error).await? {
+                return Ok(());
+            }
+        }
     }
     .await;
     readiness.set_broker_connected(false);
@@ -94,12 +135,71 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     result
 }
 
-/// One broker connection's life: topology, consumers, supervision.
+/// Attempts at one step (bootstrap, or a broker connection's life), with capped
+/// exponential backoff and full jitter between them.
+struct Retry<'a> {
+    settings: &'a Settings,
+    shutdown: &'a CancellationToken,
+    step: &'static str,
+    attempts: u32,
+}
+
+impl<'a> Retry<'a> {
+    fn new(settings: &'a Settings, shutdown: &'a CancellationToken, step: &'static str) -> Self {
+        Retry {
+            settings,
+            shutdown,
+            step,
+            attempts: 0,
+        }
+    }
+
+    /// The step made progress (connected and consuming): the budget starts over.
+    fn reset(&mut self) {
+        self.attempts = 0;
+    }
+
+    /// After a failure: the error back when it is final (not transient, the
+    /// budget is spent, or shutdown was requested while failing), else waits
+    /// and answers whether to try again (false: shutdown came during the wait).
+    async fn after(&mut self, error: RunError) -> Result<bool, RunError> {
+        if self.shutdown.is_cancelled() || !error.is_transient() {
+            return Err(error);
+        }
+        self.attempts += 1;
+        let max = self.settings.reconnect_max;
+        if max != 0 && self.attempts > max {
+            return Err(RunError::RetriesExhausted {
+                attempts: self.attempts,
+                last: Box::new(error),
+            });
+        }
+        let delay = backoff(self.attempts);
+        metrics::counter!("wfm_reconnects_total", "step" => self.step).increment(1);
+        tracing::warn!(step = self.step, attempt = self.attempts, delay_ms = delay.as_millis() as u64, error = %error, "failed; trying again");
+        tokio::select! {
+            () = self.shutdown.cancelled() => Ok(false),
+            () = tokio::time::sleep(delay) => Ok(true),
+        }
+    }
+}
+
+/// 0.5 s doubling to 30 s, each delay drawn between half and all of it so that
+/// replicas that lost the broker together do not reconnect together.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = Duration::from_millis(500).saturating_mul(1 << attempt.saturating_sub(1).min(6));
+    let ceiling = ceiling.min(Duration::from_secs(30));
+    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// One broker connection's life: topology, consumers, supervision. Returns Ok
+/// only on shutdown.
 async fn consume(
     settings: &Settings,
     pool: &Pool,
     readiness: &Readiness,
     shutdown: &CancellationToken,
+    retry: &mut Retry<'_>,
 ) -> Result<(), RunError> {
     let topology = &settings.broker.topology;
     let connection =
@@ -117,7 +217,8 @@ async fn consume(
         DeadLetterPublisher::open(&connection, &topology.dead_letter_exchange).await?;
 
     let stop = shutdown.child_token();
-    let mut tasks = JoinSet::new();
+    let abandon = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for (kind, queue) in [
         (QueueKind::Checkins, &topology.checkin_queue),
         (QueueKind::Versions, &topology.version_queue),
@@ -130,17 +231,20 @@ async fn consume(
             pool: pool.clone(),
             dead_letters: dead_letters.clone(),
             settings: settings.pipeline.clone(),
+            abandon: abandon.clone(),
         };
         tasks.spawn(run_queue(context, channel, consumer, stop.clone()));
         readiness.consuming_started();
     }
+    retry.reset();
+    tracing::info!(broker = %describe_amqp(&settings.broker.uri), "connected and consuming");
     let sampler = tokio::spawn(sample_gauges(
         setup,
         pool.clone(),
         topology.clone(),
         stop.clone(),
     ));
-    let result = supervise(tasks, &stop, settings.shutdown_timeout).await;
+    let result = supervise::supervise(tasks, &stop, &abandon, settings.shutdown_timeout).await;
     stop.cancel();
     let _ = sampler.await;
     readiness.set_broker_connected(false);
@@ -184,39 +288,20 @@ async fn sample_gauges(channel: Channel, pool: Pool, topology: Topology, stop: C
     let _ = channel.close(200, "sampler stopped".into()).await;
 }
 
-/// Waits for shutdown or for the first task to end (a task only ends early on a
-/// failure), then stops the rest and gives them `timeout` to finish.
-async fn supervise(
-    mut tasks: JoinSet<Result<(), PipelineError>>,
-    stop: &CancellationToken,
-    timeout: Duration,
-) -> Result<(), RunError> {
-    let mut first_error = None;
-    tokio::select! {
-        () = stop.cancelled() => {}
-        Some(joined) = tasks.join_next() => {
-            first_error = failure(joined);
-            stop.cancel();
-        }
-    }
-    let drained = tokio::time::timeout(timeout, async {
-        while let Some(joined) = tasks.join_next().await {
-            let error = failure(joined);
-            first_error = first_error.take().or(error);
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tasks.abort_all();
-        return Err(RunError::ShutdownTimedOut(timeout));
-    }
-    first_error.map_or(Ok(()), Err)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn failure(joined: Result<Result<(), PipelineError>, tokio::task::JoinError>) -> Option<RunError> {
-    match joined {
-        Ok(Ok(())) => None,
-        Ok(Err(error)) => Some(error.into()),
-        Err(error) => Some(RunError::Panicked(error.to_string())),
+    #[test]
+    fn backoff_doubles_from_half_a_second_to_a_30_second_cap_with_jitter() {
+        for _ in 0..100 {
+            let first = backoff(1);
+            assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
+            let later = backoff(4);
+            assert!(later >= Duration::from_secs(2) && later <= Duration::from_secs(4));
+            assert!(
+                backoff(30) <= Duration::from_secs(30) && backoff(30) >= Duration::from_secs(15)
+            );
+        }
     }
 }

@@ -122,6 +122,10 @@ pub struct RunArgs {
     pub broker: BrokerArgs,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    /// Attempts to reconnect (broker) or to reach the database at start-up
+    /// before giving up; 0 retries for as long as the worker runs.
+    #[arg(long, env = "WFM_RECONNECT_MAX", default_value_t = 0)]
+    pub reconnect_max: u32,
     /// Address of the health, readiness and metrics endpoints.
     #[arg(long, env = "WFM_HTTP_ADDR", default_value = "0.0.0.0:9090")]
     pub http_addr: SocketAddr,
@@ -135,6 +139,7 @@ impl RunArgs {
             pipeline: self.pipeline.validate()?,
             shutdown_timeout: Duration::from_secs(self.pipeline.shutdown_timeout_secs),
             http_addr: Some(self.http_addr),
+            reconnect_max: self.reconnect_max,
         })
     }
 }
@@ -148,6 +153,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; `None`: nowhere.
     pub http_addr: Option<SocketAddr>,
+    /// Consecutive failed attempts tolerated; 0: unbounded.
+    pub reconnect_max: u32,
 }
 
 #[derive(Debug, Clone)]

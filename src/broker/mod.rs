@@ -44,3 +44,31 @@ pub enum BrokerError {
     #[error("broker did not confirm the dead-letter copy: {0}")]
     NotConfirmed(&'static str),
 }
+
+impl BrokerError {
+    /// Whether a new connection can cure it. A declaration the broker refuses
+    /// (PRECONDITION_FAILED: a queue with other arguments; ACCESS_REFUSED) and
+    /// refused credentials fail the same way every time.
+    pub fn is_transient(&self) -> bool {
+        let source = match self {
+            Self::Connect { source, .. }
+            | Self::Declare { source, .. }
+            | Self::Consume { source, .. }
+            | Self::Channel { source, .. } => source,
+            Self::ChannelClosed(_) | Self::NotConfirmed(_) => return true,
+        };
+        match source.kind() {
+            lapin::ErrorKind::ProtocolError(e) => !matches!(
+                e.kind(),
+                lapin::protocol::AMQPErrorKind::Soft(
+                    lapin::protocol::AMQPSoftError::PRECONDITIONFAILED
+                        | lapin::protocol::AMQPSoftError::ACCESSREFUSED
+                ) | lapin::protocol::AMQPErrorKind::Hard(
+                    lapin::protocol::AMQPHardError::NOTALLOWED
+                )
+            ),
+            lapin::ErrorKind::AuthProviderError(_) => false,
+            _ => true,
+        }
+    }
+}

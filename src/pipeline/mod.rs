@@ -57,9 +57,11 @@ pub enum PipelineError {
     ConsumerCancelled(String),
     #[error("a batch of queue {0} panicked")]
     Panicked(String),
+    #[error("a batch of queue {0} was abandoned unacknowledged; the broker redelivers it")]
+    Abandoned(String),
 }
 
-type Settling = JoinHandle<Result<Settled, BrokerError>>;
+type Settling = JoinHandle<Result<Settled, PipelineError>>;
 
 /// Consumes `consumer` until `shutdown` is cancelled, then stops taking
 /// deliveries, lets the batches in hand finish (a batch is never interrupted:
@@ -76,6 +78,10 @@ pub async fn run_queue(
     let (settling, in_order) = mpsc::channel(context.kind.in_flight());
     let acker = tokio::spawn(ack_in_order(in_order, queue.clone()));
     let read = read_batches(&context, &mut consumer, &shutdown, settling).await;
+    if read.is_err() {
+        // The channel is gone: batches still retrying their write could never be acked.
+        context.abandon.cancel();
+    }
     let acked = acker
         .await
         .unwrap_or_else(|_| Err(PipelineError::Panicked(queue.clone())));
@@ -84,8 +90,9 @@ pub async fn run_queue(
         .await;
     let _ = channel.close(200, "worker shutting down".into()).await;
     tracing::info!(queue = %queue, "stopped consuming");
-    // The acker's error is the cause when the reader only saw it hang up.
-    acked.and(read)
+    // The reader's error is the cause; when the reader only saw the acker hang
+    // up, the acker's is.
+    read.and(acked)
 }
 
 async fn read_batches(

@@ -13,8 +13,9 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions},
     types::AMQPValue,
 };
+use tokio_util::sync::CancellationToken;
 
-use super::{QueueKind, metrics};
+use super::{PipelineError, QueueKind, metrics};
 use crate::{
     broker::{BrokerError, DeadLetter, DeadLetterPublisher},
     config::PipelineSettings,
@@ -30,6 +31,9 @@ pub struct QueueContext {
     pub pool: Pool,
     pub dead_letters: DeadLetterPublisher,
     pub settings: PipelineSettings,
+    /// Cancelled when this connection's deliveries can no longer be acked (the
+    /// channel failed, or shutdown ran out of time): batches stop retrying.
+    pub abandon: CancellationToken,
 }
 
 /// What became of a batch.
@@ -87,8 +91,8 @@ impl Settled {
 pub async fn process_batch(
     context: &QueueContext,
     deliveries: Vec<Delivery>,
-) -> Result<BatchReport, BrokerError> {
-    settle_batch(context, deliveries).await?.ack().await
+) -> Result<BatchReport, PipelineError> {
+    Ok(settle_batch(context, deliveries).await?.ack().await?)
 }
 
 /// Everything of [`process_batch`] but the ack. Transient database errors are
@@ -97,7 +101,7 @@ pub async fn process_batch(
 pub async fn settle_batch(
     context: &QueueContext,
     deliveries: Vec<Delivery>,
-) -> Result<Settled, BrokerError> {
+) -> Result<Settled, PipelineError> {
     let received_at = Utc::now();
     let envelopes: Vec<Envelope<'_>> = deliveries
         .iter()
@@ -118,7 +122,9 @@ pub async fn settle_batch(
         )),
     };
     let started = Instant::now();
-    let stored = write_retrying(context, &parsed, &mut dispositions).await;
+    let Some(stored) = write_retrying(context, &parsed, &mut dispositions).await else {
+        return Err(PipelineError::Abandoned(context.queue.clone()));
+    };
     let write = started.elapsed();
     let settled = settle(context, &deliveries, dispositions, stored).await?;
     let redelivered = deliveries.iter().filter(|d| d.redelivered).count();
@@ -176,22 +182,27 @@ fn parse_all<'a, T>(
 
 /// Writes the valid items, retrying the whole batch while the failure is
 /// systemic (transient, or every single item failing alike).
+///
+/// A batch of several messages that all fail alike is taken as a systemic
+/// failure (a revoked grant, a missing table) and retried whole; a single
+/// message failing alone is handed back to the broker, which counts its
+/// deliveries. Returns `None` when the batch is abandoned.
 async fn write_retrying(
     context: &QueueContext,
     parsed: &Parsed<'_>,
     dispositions: &mut [Disposition],
-) -> u64 {
+) -> Option<u64> {
     let indices = parsed.indices();
     if indices.is_empty() {
-        return 0;
+        return Some(0);
     }
     let mut delay = BACKOFF_START;
     let mut attempt = 1u32;
     loop {
         match parsed.write(&context.pool).await {
-            Ok(outcome) if outcome.failed.len() < indices.len() => {
+            Ok(outcome) if outcome.failed.len() < indices.len() || indices.len() == 1 => {
                 record(outcome.refused, outcome.failed, indices, dispositions);
-                return outcome.stored;
+                return Some(outcome.stored);
             }
             Ok(outcome) => tracing::warn!(
                 queue = %context.queue, attempt, error = %outcome.failed[0].1,
@@ -202,7 +213,10 @@ async fn write_retrying(
                 "database write failed; retrying the batch"
             ),
         }
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = context.abandon.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
         delay = (delay * 2).min(BACKOFF_CAP);
         attempt += 1;
     }
@@ -263,6 +277,8 @@ async fn settle(
                     ));
                 } else {
                     tracing::warn!(queue = %context.queue, message_id = message_id(delivery), attempt = count + 1, error = %error, "message failed; handing it back for another attempt");
+                    // Not at once: a message that fails at every delivery must not spin hot.
+                    tokio::time::sleep(BACKOFF_START * 2u32.pow(count.min(6))).await;
                     let requeue = BasicNackOptions {
                         requeue: true,
                         multiple: false,

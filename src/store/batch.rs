@@ -6,11 +6,11 @@
 //! messages are found, and everything else commits in that same transaction.
 //! With k bad rows in n that costs O(k log n) statements.
 
-use std::{future::Future, ops::Range};
+use std::{future::Future, ops::Range, sync::atomic::Ordering, time::Duration};
 
 use tokio_postgres::Transaction;
 
-use super::{ErrorClass, Pool, StoreError, classify, error::data_rejection};
+use super::{ErrorClass, PgConnection, Pool, StoreError, classify, error::data_rejection};
 use crate::message::Rejection;
 
 /// What became of a batch that committed.
@@ -56,10 +56,35 @@ pub(crate) async fn write_isolated(
     pool: &Pool,
     rows: &impl Rows,
 ) -> Result<BatchOutcome, StoreError> {
-    let len = rows.len();
     let mut conn = pool.get().await?;
+    let breaker = conn.breaker();
+    match tokio::time::timeout(BATCH_TIMEOUT, write_in_transactions(&mut conn, rows)).await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(error)) => {
+            if error.breaks_connection() {
+                conn.mark_broken();
+            }
+            Err(error)
+        }
+        Err(_) => {
+            // The connection may still be mid-statement: never reuse it.
+            breaker.store(true, Ordering::Relaxed);
+            Err(StoreError::TimedOut(BATCH_TIMEOUT))
+        }
+    }
+}
+
+/// Longest a batch may take before its connection is given up as hung (a
+/// black-holed network sends no reset). Far above any healthy batch (~15 ms
+/// for 500 checkins), and below the broker's 30-minute delivery timeout.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn write_in_transactions(
+    conn: &mut PgConnection,
+    rows: &impl Rows,
+) -> Result<BatchOutcome, StoreError> {
     let tx = conn.transaction().await?;
-    match rows.write(&tx, 0..len).await {
+    match rows.write(&tx, 0..rows.len()).await {
         Ok(stored) => {
             tx.commit().await?;
             return Ok(BatchOutcome {
@@ -69,7 +94,7 @@ pub(crate) async fn write_isolated(
         }
         Err(e) if classify(&e) == ErrorClass::Transient => return Err(e.into()),
         Err(e) => {
-            tracing::info!(error = %e, batch = len, "batch refused by the database; isolating the offending messages");
+            tracing::info!(error = %e, batch = rows.len(), "batch refused by the database; isolating the offending messages");
             tx.rollback().await?;
         }
     }

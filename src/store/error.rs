@@ -11,6 +11,8 @@ pub enum StoreError {
     Pool(#[from] bb8::RunError<tokio_postgres::Error>),
     #[error("database statement failed: {0}")]
     Query(#[from] tokio_postgres::Error),
+    #[error("database batch took longer than {0:?}; its connection was dropped")]
+    TimedOut(std::time::Duration),
 }
 
 /// What an error says about retrying the work that caused it.
@@ -31,6 +33,22 @@ impl StoreError {
             // bb8 reports every failed connect as a time-out.
             Self::Pool(bb8::RunError::TimedOut) => ErrorClass::Transient,
             Self::Pool(bb8::RunError::User(e)) | Self::Query(e) => classify(e),
+            Self::TimedOut(_) => ErrorClass::Transient,
+        }
+    }
+
+    /// Whether the connection that saw this error must not be reused: it is
+    /// gone, or it points at a node that cannot take writes.
+    pub fn breaks_connection(&self) -> bool {
+        match self {
+            Self::Query(e) => match e.code() {
+                None => true,
+                Some(code) => {
+                    let code = code.code();
+                    code.starts_with("08") || code.starts_with("57P") || code == "25006"
+                }
+            },
+            Self::Pool(_) | Self::TimedOut(_) => false,
         }
     }
 }

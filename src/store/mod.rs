@@ -9,6 +9,7 @@ mod batch;
 mod bootstrap;
 mod checkins;
 mod error;
+mod manager;
 mod pool;
 mod versions;
 
@@ -16,5 +17,6 @@ pub use batch::BatchOutcome;
 pub use bootstrap::{BootstrapError, MIGRATIONS, Migration, apply_migrations};
 pub use checkins::write_checkins;
 pub use error::{ErrorClass, StoreError, classify};
+pub use manager::{Manager, PgConnection};
 pub use pool::{Pool, connect_pool};
 pub use versions::write_versions;

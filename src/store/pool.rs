@@ -2,12 +2,10 @@
 
 use std::time::Duration;
 
-use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::NoTls;
-
+use super::manager::Manager;
 use crate::config::DatabaseSettings;
 
-pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+pub type Pool = bb8::Pool<Manager>;
 
 /// Builds the pool without connecting: the first use reports an unreachable
 /// database (with its real cause, through the error sink) instead of start-up
@@ -33,7 +31,7 @@ pub fn connect_pool(settings: &DatabaseSettings) -> Pool {
         .test_on_check_out(false)
         .connection_timeout(Duration::from_secs(10))
         .error_sink(Box::new(LogSink))
-        .build_unchecked(PostgresConnectionManager::new(config, NoTls))
+        .build_unchecked(Manager::new(config))
 }
 
 /// bb8 only says "timed out" to the caller; this logs why connecting failed.

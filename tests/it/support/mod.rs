@@ -64,6 +64,7 @@ impl TestEnv {
             },
             shutdown_timeout: Duration::from_secs(30),
             http_addr: None,
+            reconnect_max: 0,
         }
     }
 

@@ -1,0 +1,51 @@
+//! Supervision of one connection's queue tasks.
+
+use std::time::Duration;
+
+use tokio::task::{JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::RunError;
+use crate::pipeline::PipelineError;
+
+/// Waits for shutdown or for the first task to end (a task only ends early on a
+/// failure), then stops the rest and gives them `timeout` to finish their
+/// batches. When a task failed, or time runs out, batches still retrying are
+/// abandoned: their deliveries cannot be acked any more and will be redelivered.
+pub(super) async fn supervise(
+    mut tasks: JoinSet<Result<(), PipelineError>>,
+    stop: &CancellationToken,
+    abandon: &CancellationToken,
+    timeout: Duration,
+) -> Result<(), RunError> {
+    let mut first_error = None;
+    tokio::select! {
+        () = stop.cancelled() => {}
+        Some(joined) = tasks.join_next() => {
+            first_error = failure(joined);
+            stop.cancel();
+            abandon.cancel();
+        }
+    }
+    let drained = tokio::time::timeout(timeout, async {
+        while let Some(joined) = tasks.join_next().await {
+            let error = failure(joined);
+            first_error = first_error.take().or(error);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        abandon.cancel();
+        tasks.abort_all();
+        return Err(first_error.unwrap_or(RunError::ShutdownTimedOut(timeout)));
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+fn failure(joined: Result<Result<(), PipelineError>, JoinError>) -> Option<RunError> {
+    match joined {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.into()),
+        Err(error) => Some(RunError::Panicked(error.to_string())),
+    }
+}
