@@ -17,7 +17,7 @@ use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{self, BrokerError, DeadLetterPublisher},
+    broker::{self, BrokerError},
     config::{DatabaseSettings, Settings, Topology, describe_amqp, describe_postgres},
     http::{self, Readiness},
     pipeline::{PipelineError, QueueContext, QueueKind, run_queue},
@@ -213,8 +213,6 @@ async fn consume(
             source,
         })?;
     broker::declare_topology(&setup, topology).await?;
-    let dead_letters =
-        DeadLetterPublisher::open(&connection, &topology.dead_letter_exchange).await?;
 
     let stop = shutdown.child_token();
     let abandon = CancellationToken::new();
@@ -229,7 +227,7 @@ async fn consume(
             kind,
             queue: queue.clone(),
             pool: pool.clone(),
-            dead_letters: dead_letters.clone(),
+            dead_letter_exchange: topology.dead_letter_exchange.clone(),
             settings: settings.pipeline.clone(),
             abandon: abandon.clone(),
         };

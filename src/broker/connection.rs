@@ -25,7 +25,8 @@ pub async fn connect(uri: &AMQPUri, name: &str) -> Result<Connection, BrokerErro
 
 /// A channel with `prefetch` unacknowledged deliveries at most, consuming `queue`
 /// with manual acks. The prefetch is also the memory bound: lapin buffers
-/// whatever the broker sends.
+/// whatever the broker sends. The channel is in transaction mode: its acks,
+/// nacks and publishes take effect only when committed.
 pub async fn open_consumer(
     connection: &Connection,
     queue: &str,
@@ -40,6 +41,7 @@ pub async fn open_consumer(
         .basic_qos(prefetch, BasicQosOptions::default())
         .await
         .map_err(fail)?;
+    channel.tx_select().await.map_err(fail)?;
     let consumer = channel
         .basic_consume(
             queue.into(),

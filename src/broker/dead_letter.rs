@@ -1,14 +1,11 @@
-//! Dead-letter copies, published with publisher confirms.
-//!
-//! The copy keeps the original body and properties and adds the reason as
-//! `x-wfm-*` headers. The original may be acked only once this returns `Ok`:
-//! the broker has confirmed the copy and it was routed to a queue (mandatory
-//! publish; a returned or nacked copy is an error, never a success).
+//! Dead-letter copies: the original body and properties, plus the reason as
+//! `x-wfm-*` headers, published on the consumer's own transactional channel
+//! (see `pipeline::commit` for why) and made effective by [`commit`].
 
 use chrono::{SecondsFormat, Utc};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
+    BasicProperties, Channel,
+    options::BasicPublishOptions,
     types::{AMQPValue, FieldTable},
 };
 
@@ -22,13 +19,8 @@ pub mod headers {
     pub const QUEUE: &str = "x-wfm-queue";
     pub const FAILED_AT: &str = "x-wfm-failed-at";
     pub const SQLSTATE: &str = "x-wfm-sqlstate";
-}
-
-/// Publishes dead-letter copies on a confirm-mode channel of its own.
-#[derive(Clone)]
-pub struct DeadLetterPublisher {
-    channel: Channel,
-    exchange: String,
+    /// Times `wfm-worker dlq replay` has republished the message.
+    pub const REPLAYS: &str = "x-wfm-replays";
 }
 
 /// What is dead-lettered: the original message and why.
@@ -40,56 +32,57 @@ pub struct DeadLetter<'a> {
     pub rejection: &'a Rejection,
 }
 
-impl DeadLetterPublisher {
-    pub async fn open(connection: &Connection, exchange: &str) -> Result<Self, BrokerError> {
-        let fail = |source| BrokerError::Channel {
-            doing: "opening the dead-letter channel",
-            source,
-        };
-        let channel = connection.create_channel().await.map_err(fail)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(fail)?;
-        Ok(Self {
-            channel,
-            exchange: exchange.to_owned(),
-        })
-    }
-
-    /// Publishes the copy and waits for the broker's confirm.
-    pub async fn publish(&self, letter: DeadLetter<'_>) -> Result<(), BrokerError> {
-        let fail = |source| BrokerError::Channel {
+/// Publishes the copy within the channel's open transaction. Mandatory: a copy
+/// no queue takes comes back, and [`commit`] reports it.
+pub async fn publish_dead_letter(
+    channel: &Channel,
+    exchange: &str,
+    letter: DeadLetter<'_>,
+) -> Result<(), BrokerError> {
+    let properties = letter.properties.clone().with_headers(annotate(&letter));
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    channel
+        .basic_publish(
+            exchange.into(),
+            letter.routing_key.into(),
+            options,
+            letter.body,
+            properties,
+        )
+        .await
+        .map(drop)
+        .map_err(|source| BrokerError::Channel {
             doing: "publishing a dead-letter copy",
             source,
-        };
-        let properties = letter.properties.clone().with_headers(annotate(&letter));
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let confirmation = self
-            .channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                letter.routing_key.into(),
-                options,
-                letter.body,
-                properties,
-            )
-            .await
-            .map_err(fail)?
-            .await
-            .map_err(fail)?;
-        match confirmation {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError::NotConfirmed(
-                "the dead-letter exchange routed it to no queue",
-            )),
-            Confirmation::Nack(_) => Err(BrokerError::NotConfirmed("the broker nacked it")),
-            Confirmation::NotRequested => Err(BrokerError::NotConfirmed("confirms are off")),
-        }
+        })
+}
+
+/// Commits the channel's transaction (its publishes, acks and nacks).
+///
+/// The broker returns an unroutable mandatory copy before `commit-ok`, so one
+/// returned here means the dead-letter exchange has no queue bound (someone
+/// deleted it while the worker ran): the worker stops rather than go on
+/// dropping copies.
+pub async fn commit(channel: &Channel) -> Result<(), BrokerError> {
+    let fail = |source| BrokerError::Channel {
+        doing: "committing a batch",
+        source,
+    };
+    channel.tx_commit().await.map_err(fail)?;
+    let returned = channel.wait_for_confirms().await.map_err(fail)?;
+    if !returned.is_empty() {
+        tracing::error!(
+            copies = returned.len(),
+            "dead-letter copies were unroutable and dropped by the broker"
+        );
+        return Err(BrokerError::NotConfirmed(
+            "the dead-letter exchange routed a copy to no queue",
+        ));
     }
+    Ok(())
 }
 
 fn annotate(letter: &DeadLetter<'_>) -> FieldTable {

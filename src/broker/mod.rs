@@ -1,5 +1,5 @@
-//! RabbitMQ: the connection, the topology the worker declares, consumers, and
-//! the confirmed publishing of dead-letter copies.
+//! RabbitMQ: the connection, the topology the worker declares, consumers on
+//! transactional channels, and dead-letter copies.
 //!
 //! This module never decides whether to ack: it hands deliveries up and
 //! publishes what it is told to. Acknowledgement is the pipeline's alone.
@@ -9,7 +9,7 @@ mod dead_letter;
 mod topology;
 
 pub use connection::{connect, open_consumer};
-pub use dead_letter::{DeadLetter, DeadLetterPublisher, headers as dead_letter_headers};
+pub use dead_letter::{DeadLetter, commit, headers as dead_letter_headers, publish_dead_letter};
 pub use topology::{CHECKIN_ROUTING_KEY, Plan, VERSION_ROUTING_KEY, declare_topology};
 
 /// A broker failure, naming what was being done.

@@ -4,8 +4,9 @@
 //! - the reader collects up to `batch_size` deliveries (or what arrived within
 //!   `batch_linger` of the first) and starts settling each batch in a task of
 //!   its own (parse, write, dead-letter), up to `in_flight` at once;
-//! - the acker takes those tasks in the order they were started and acks each
-//!   batch once it is settled.
+//! - the acker takes those tasks in the order they were started and commits
+//!   each settled batch on the channel: dead-letter copies, hand-backs and the
+//!   batch's ack in one broker transaction.
 //!
 //! Acks leave strictly in batch order, so when a batch is acked every delivery
 //! with a lower tag on the channel is settled too, and one `multiple` ack per
@@ -13,6 +14,7 @@
 //! the previous one; with `in_flight` > 1 (checkins only: their event-time rule
 //! makes the order of batches irrelevant) writes overlap too, on the pool.
 
+mod commit;
 mod metrics;
 mod process;
 
@@ -76,7 +78,12 @@ pub async fn run_queue(
     let queue = context.queue.clone();
     tracing::info!(queue = %queue, "consuming");
     let (settling, in_order) = mpsc::channel(context.kind.in_flight());
-    let acker = tokio::spawn(ack_in_order(in_order, queue.clone()));
+    let acker = tokio::spawn(ack_in_order(
+        in_order,
+        channel.clone(),
+        context.dead_letter_exchange.clone(),
+        queue.clone(),
+    ));
     let read = read_batches(&context, &mut consumer, &shutdown, settling).await;
     if read.is_err() {
         // The channel is gone: batches still retrying their write could never be acked.
@@ -132,13 +139,15 @@ async fn read_batches(
 /// Acks settled batches in the order they were started.
 async fn ack_in_order(
     mut in_order: mpsc::Receiver<Settling>,
+    channel: Channel,
+    dead_letter_exchange: String,
     queue: String,
 ) -> Result<(), PipelineError> {
     while let Some(task) = in_order.recv().await {
         let settled = task
             .await
             .map_err(|_| PipelineError::Panicked(queue.clone()))??;
-        let report = settled.ack().await?;
+        let report = settled.commit(&channel, &dead_letter_exchange).await?;
         tracing::debug!(queue = %queue, received = report.received, stored = report.stored, dead_lettered = report.dead_lettered, "batch acked");
     }
     Ok(())

@@ -1,23 +1,15 @@
-//! One batch, from deliveries to acks.
-//!
-//! Every delivery ends in exactly one disposition: stored (its rows committed),
-//! dead-lettered (its copy confirmed by the broker), or handed back for a later
-//! attempt (nacked with requeue). Acks come last, after all of that is done.
+//! One batch, from deliveries to a decision for each: stored (its rows
+//! committed), to be dead-lettered (with its reason), or to be handed back for
+//! a later attempt. Carrying out the decisions on the broker is [`super::commit`].
 
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use lapin::{
-    Acker,
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
-    types::AMQPValue,
-};
+use lapin::{message::Delivery, types::AMQPValue};
 use tokio_util::sync::CancellationToken;
 
 use super::{PipelineError, QueueKind, metrics};
 use crate::{
-    broker::{BrokerError, DeadLetter, DeadLetterPublisher},
     config::PipelineSettings,
     message::{Checkin, Envelope, Rejection, RejectionKind, VersionEvent},
     store::{self, BatchOutcome, ErrorClass, Pool, StoreError},
@@ -29,7 +21,8 @@ pub struct QueueContext {
     pub kind: QueueKind,
     pub queue: String,
     pub pool: Pool,
-    pub dead_letters: DeadLetterPublisher,
+    /// Where rejected messages are copied to.
+    pub dead_letter_exchange: String,
     pub settings: PipelineSettings,
     /// Cancelled when this connection's deliveries can no longer be acked (the
     /// channel failed, or shutdown ran out of time): batches stop retrying.
@@ -50,52 +43,46 @@ pub struct BatchReport {
 }
 
 #[derive(Debug, Clone)]
-enum Disposition {
+pub(super) enum Disposition {
     Stored,
     DeadLetter(Rejection),
+    /// Failed alone, neither transiently nor for its data (the error).
     Retry(String),
+    /// Handed back to the broker for another attempt.
+    Requeue,
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
-/// A batch whose every delivery is done — stored, or dead-lettered and
-/// confirmed, or handed back — and that only waits for its ack.
+/// A batch whose every delivery has its decision, waiting to be committed on
+/// the broker (see [`Settled::commit`]).
 pub struct Settled {
     pub report: BatchReport,
-    /// The acker of the batch's highest delivery tag.
-    last: Option<Acker>,
-    queue: String,
+    pub(super) deliveries: Vec<Delivery>,
+    pub(super) dispositions: Vec<Disposition>,
+    pub(super) queue: String,
 }
 
-impl Settled {
-    /// Acks the whole batch with one `multiple` ack. Safe only once every
-    /// earlier batch of the same channel is settled too (the caller's order).
-    pub async fn ack(self) -> Result<BatchReport, BrokerError> {
-        if let Some(last) = self.last {
-            let acked = last.ack(BasicAckOptions { multiple: true }).await;
-            confirm_settled(acked, "acking a batch")?;
-            metrics::acked(&self.queue, self.report.received - self.report.requeued);
-        }
-        Ok(self.report)
-    }
-}
-
-/// Processes one batch of deliveries from `context.queue`, settles every one and
-/// acks the batch: the seam tests drive one batch through.
+/// Processes one batch of deliveries from `context.queue` and commits it on
+/// `channel` (the seam tests drive one batch through).
 ///
-/// Acks only after the batch's transaction has committed and every dead-letter
-/// copy has been confirmed by the broker. Returns an error only when the broker
-/// channel fails, in which case nothing unsettled was acked and the broker
-/// redelivers.
+/// Acks only after the batch's transaction has committed, in the same broker
+/// transaction that publishes the dead-letter copies. Returns an error only
+/// when the broker channel fails, in which case nothing was acked and the
+/// broker redelivers.
 pub async fn process_batch(
     context: &QueueContext,
+    channel: &lapin::Channel,
     deliveries: Vec<Delivery>,
 ) -> Result<BatchReport, PipelineError> {
-    Ok(settle_batch(context, deliveries).await?.ack().await?)
+    let settled = settle_batch(context, deliveries).await?;
+    Ok(settled
+        .commit(channel, &context.dead_letter_exchange)
+        .await?)
 }
 
-/// Everything of [`process_batch`] but the ack. Transient database errors are
+/// Everything of [`process_batch`] but the broker side. Transient database errors are
 /// retried here, with capped exponential backoff, for as long as it takes:
 /// nothing is acked or dropped meanwhile.
 pub async fn settle_batch(
@@ -126,15 +113,12 @@ pub async fn settle_batch(
         return Err(PipelineError::Abandoned(context.queue.clone()));
     };
     let write = started.elapsed();
-    let settled = settle(context, &deliveries, dispositions, stored).await?;
+    let valid = parsed.indices().len();
+    drop(parsed);
+    drop(envelopes);
     let redelivered = deliveries.iter().filter(|d| d.redelivered).count();
-    metrics::batch_settled(
-        &context.queue,
-        &settled.report,
-        parsed.indices().len(),
-        redelivered,
-        write,
-    );
+    let settled = settle(context, deliveries, dispositions, stored).await;
+    metrics::batch_settled(&context.queue, &settled.report, valid, redelivered, write);
     Ok(settled)
 }
 
@@ -236,105 +220,55 @@ fn record(
     }
 }
 
-/// Dead-letters and hands back, so that the closing `multiple` ack covers only
-/// deliveries that are truly done.
+/// Turns each failure into its final decision: a message failing alone is
+/// handed back until its delivery limit, then dead-lettered.
 async fn settle(
     context: &QueueContext,
-    deliveries: &[Delivery],
-    dispositions: Vec<Disposition>,
+    deliveries: Vec<Delivery>,
+    mut dispositions: Vec<Disposition>,
     stored: u64,
-) -> Result<Settled, BrokerError> {
+) -> Settled {
     let mut report = BatchReport {
         received: deliveries.len(),
         stored,
         ..BatchReport::default()
     };
-    let mut letters = Vec::new();
-    for (delivery, disposition) in deliveries.iter().zip(dispositions) {
+    for (delivery, disposition) in deliveries.iter().zip(&mut dispositions) {
+        if let Disposition::Retry(error) = disposition {
+            let count = delivery_count(delivery);
+            if count + 1 >= context.settings.max_deliveries {
+                let reason = format!(
+                    "failed on each of {} deliveries; last error: {error}",
+                    count + 1
+                );
+                *disposition = Disposition::DeadLetter(Rejection {
+                    kind: RejectionKind::TooManyDeliveries,
+                    reason,
+                    sqlstate: None,
+                });
+            } else {
+                tracing::warn!(queue = %context.queue, message_id = message_id(delivery), attempt = count + 1, error = %error, "message failed; handing it back for another attempt");
+                // Not at once: a message that fails at every delivery must not spin hot.
+                tokio::time::sleep(BACKOFF_START * 2u32.pow(count.min(6))).await;
+                *disposition = Disposition::Requeue;
+            }
+        }
         match disposition {
-            Disposition::Stored => {}
             Disposition::DeadLetter(rejection) => {
+                report.dead_lettered += 1;
                 if rejection.kind != RejectionKind::Invalid {
                     report.refused += 1;
                 }
-                letters.push((delivery, rejection));
             }
-            Disposition::Retry(error) => {
-                let count = delivery_count(delivery);
-                if count + 1 >= context.settings.max_deliveries {
-                    let reason = format!(
-                        "failed on each of {} deliveries; last error: {error}",
-                        count + 1
-                    );
-                    report.refused += 1;
-                    letters.push((
-                        delivery,
-                        Rejection {
-                            kind: RejectionKind::TooManyDeliveries,
-                            reason,
-                            sqlstate: None,
-                        },
-                    ));
-                } else {
-                    tracing::warn!(queue = %context.queue, message_id = message_id(delivery), attempt = count + 1, error = %error, "message failed; handing it back for another attempt");
-                    // Not at once: a message that fails at every delivery must not spin hot.
-                    tokio::time::sleep(BACKOFF_START * 2u32.pow(count.min(6))).await;
-                    let requeue = BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    };
-                    confirm_settled(delivery.acker.nack(requeue).await, "nacking a delivery")?;
-                    report.requeued += 1;
-                }
-            }
+            Disposition::Requeue => report.requeued += 1,
+            Disposition::Stored | Disposition::Retry(_) => {}
         }
     }
-    report.dead_lettered = letters.len();
-    dead_letter_all(context, &letters).await?;
-    let last = deliveries
-        .iter()
-        .max_by_key(|d| d.delivery_tag)
-        .map(|d| d.acker.clone());
-    Ok(Settled {
+    Settled {
         report,
-        last,
+        deliveries,
+        dispositions,
         queue: context.queue.clone(),
-    })
-}
-
-async fn dead_letter_all(
-    context: &QueueContext,
-    letters: &[(&Delivery, Rejection)],
-) -> Result<(), BrokerError> {
-    let publishes = letters.iter().map(|(delivery, rejection)| {
-        tracing::warn!(
-            queue = %context.queue, message_id = message_id(delivery),
-            kind = rejection.kind.as_str(), reason = %rejection.reason,
-            "dead-lettering message"
-        );
-        context.dead_letters.publish(DeadLetter {
-            routing_key: delivery.routing_key.as_str(),
-            body: &delivery.data,
-            properties: &delivery.properties,
-            queue: &context.queue,
-            rejection,
-        })
-    });
-    // Confirms are awaited together: one round trip for the lot, not one each.
-    let confirmed = futures_util::future::join_all(publishes).await;
-    for (result, (_, rejection)) in confirmed.into_iter().zip(letters) {
-        result?;
-        metrics::dead_lettered(&context.queue, rejection.kind);
-    }
-    Ok(())
-}
-
-/// lapin answers `Ok(false)` without sending anything when the channel is gone.
-fn confirm_settled(result: lapin::Result<bool>, doing: &'static str) -> Result<(), BrokerError> {
-    match result {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(BrokerError::ChannelClosed(doing)),
-        Err(source) => Err(BrokerError::Channel { doing, source }),
     }
 }
 
@@ -349,7 +283,7 @@ fn envelope(delivery: &Delivery, received_at: chrono::DateTime<Utc>) -> Envelope
     }
 }
 
-fn message_id(delivery: &Delivery) -> &str {
+pub(super) fn message_id(delivery: &Delivery) -> &str {
     delivery
         .properties
         .message_id()
@@ -362,7 +296,7 @@ fn delivery_count(delivery: &Delivery) -> u32 {
     header_int(delivery, "x-delivery-count").map_or(0, |n| n.clamp(0, u32::MAX as i64) as u32)
 }
 
-fn header_int(delivery: &Delivery, name: &str) -> Option<i64> {
+pub(super) fn header_int(delivery: &Delivery, name: &str) -> Option<i64> {
     let headers = delivery.properties.headers().as_ref()?;
     match headers.inner().get(name)? {
         AMQPValue::LongLongInt(n) => Some(*n),

@@ -1,35 +1,15 @@
 //! The real binary, as an operator runs it.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::support::{CLUSTER, Outgoing, TestEnv, broker::AMQP_URL, checkin_body, version_body};
-
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+use crate::support::{
+    CLUSTER, Outgoing, TestEnv, checkin_body, process::worker_command, version_body,
+};
 
 fn worker(env: &TestEnv) -> Command {
-    let t = &env.broker.topology;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wfm-worker"));
-    command
-        .env_clear()
-        .env("WFM_DATABASE_URL", env.db.url())
-        .env("WFM_AMQP_URL", AMQP_URL)
-        .env("WFM_EXCHANGE", &t.exchange)
-        .env("WFM_CHECKIN_QUEUE", &t.checkin_queue)
-        .env("WFM_VERSION_QUEUE", &t.version_queue)
-        .env("WFM_DEAD_LETTER_EXCHANGE", &t.dead_letter_exchange)
-        .env("WFM_DEAD_LETTER_QUEUE", &t.dead_letter_queue)
-        .env("WFM_HTTP_ADDR", free_port().to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
+    worker_command(env)
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod batching;
 mod binary;
 mod bootstrap;
 mod checkins;
+mod faults;
 mod operations;
 mod publisher;
 mod rejections;

@@ -4,7 +4,9 @@
 
 pub mod broker;
 pub mod db;
+pub mod process;
 pub mod proxy;
+pub mod scenario;
 
 use std::{future::Future, time::Duration};
 
