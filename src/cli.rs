@@ -40,6 +40,9 @@ pub enum Command {
     /// own rules, persistent and with publisher confirms.
     #[command(subcommand)]
     Publish(PublishCommand),
+    /// Inspect the dead-letter queue, and replay messages to the queues they came from.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Probe the worker's /healthz on this host; exit 0 when it answers 200
     /// (the container's HEALTHCHECK).
     Healthcheck(HealthcheckArgs),
@@ -53,6 +56,42 @@ pub enum PublishCommand {
     /// Publish checkins from a file: one JSON document, or JSON lines (one
     /// checkin per line); `-` reads standard input.
     Checkin(PublishCheckinArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead-lettered messages (message id, source queue, age, reason),
+    /// leaving the queue as it is.
+    List(DlqListArgs),
+    /// Republish dead-lettered messages to the queue each came from, with
+    /// publisher confirms; each leaves the dead-letter queue only once its
+    /// republish is confirmed.
+    Replay(DlqReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DlqListArgs {
+    /// List at most this many messages.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["message_id", "all"])))]
+pub struct DlqReplayArgs {
+    /// Replay the message with this `message_id` (repeat for several).
+    #[arg(long)]
+    pub message_id: Vec<String>,
+    /// Replay every message in the dead-letter queue.
+    #[arg(long)]
+    pub all: bool,
+    /// Show what would be replayed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -11,6 +11,7 @@ pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod dlq;
 pub mod http;
 pub mod message;
 pub mod pipeline;

@@ -7,8 +7,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use wfm_worker::{
     app,
-    cli::{Cli, Command, HealthcheckArgs, PublishCommand},
-    http, publish, shutdown, telemetry,
+    cli::{Cli, Command, DlqCommand, HealthcheckArgs, PublishCommand},
+    dlq, http, publish, shutdown, telemetry,
 };
 
 fn main() -> ExitCode {
@@ -45,6 +45,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             app::bootstrap(&args.database.validate()?).await?;
         }
         Command::Publish(command) => publish(command).await?,
+        Command::Dlq(command) => dead_letters(command).await?,
         Command::Healthcheck(args) => healthcheck(args).await?,
     }
     Ok(())
@@ -85,6 +86,41 @@ async fn publish(command: PublishCommand) -> anyhow::Result<()> {
     // The message ids on stdout, one per line: scripts can record them.
     for id in ids {
         println!("{id}");
+    }
+    Ok(())
+}
+
+async fn dead_letters(command: DlqCommand) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let (entries, verb) = match command {
+        DlqCommand::List(args) => (dlq::list(&args.broker.validate()?, args.limit).await?, None),
+        DlqCommand::Replay(args) => {
+            let selection = if args.all {
+                dlq::Selection::All
+            } else {
+                dlq::Selection::Ids(args.message_id.into_iter().collect())
+            };
+            let replayed = dlq::replay(&args.broker.validate()?, &selection, args.dry_run).await?;
+            let verb = if args.dry_run {
+                "would replay"
+            } else {
+                "replayed"
+            };
+            (replayed.entries, Some(verb))
+        }
+    };
+    println!("{:<38} {:<24} {:>5}  REASON", "MESSAGE ID", "QUEUE", "AGE");
+    for entry in &entries {
+        println!(
+            "{:<38} {:<24} {:>5}  {}",
+            entry.message_id,
+            entry.queue,
+            entry.age(now),
+            entry.reason
+        );
+    }
+    if let Some(verb) = verb {
+        eprintln!("{verb} {} message(s)", entries.len());
     }
     Ok(())
 }

@@ -25,8 +25,7 @@ impl Settled {
     /// Publishes the copies, hands back and acks the batch, and commits.
     ///
     /// The closing ack is `multiple`: safe only once every earlier batch of the
-    /// channel is committed too (the acker's order). Hand-backs are sent first,
-    /// so the ack does not cover them.
+    /// channel is committed too (the acker's order).
     pub async fn commit(
         self,
         channel: &Channel,
@@ -62,12 +61,7 @@ impl Settled {
                 Disposition::Stored | Disposition::Retry(_) => {}
             }
         }
-        if let Some(last) = self.deliveries.iter().max_by_key(|d| d.delivery_tag) {
-            settled(
-                last.acker.ack(BasicAckOptions { multiple: true }).await,
-                "acking a batch",
-            )?;
-        }
+        self.ack().await?;
         broker::commit(channel).await?;
         for disposition in &self.dispositions {
             if let Disposition::DeadLetter(rejection) = disposition {
@@ -76,6 +70,31 @@ impl Settled {
         }
         metrics::acked(&self.queue, self.report.received - self.report.requeued);
         Ok(self.report)
+    }
+}
+
+impl Settled {
+    /// One `multiple` ack for the batch — unless a delivery of it is handed
+    /// back, when a `multiple` ack would cover it too: then each is acked alone.
+    async fn ack(&self) -> Result<(), BrokerError> {
+        if self.report.requeued == 0 {
+            if let Some(last) = self.deliveries.iter().max_by_key(|d| d.delivery_tag) {
+                settled(
+                    last.acker.ack(BasicAckOptions { multiple: true }).await,
+                    "acking a batch",
+                )?;
+            }
+            return Ok(());
+        }
+        for (delivery, disposition) in self.deliveries.iter().zip(&self.dispositions) {
+            if !matches!(disposition, Disposition::Requeue) {
+                settled(
+                    delivery.acker.ack(BasicAckOptions::default()).await,
+                    "acking a delivery",
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,10 @@ use std::{future::Future, ops::Range, sync::atomic::Ordering, time::Duration};
 
 use tokio_postgres::Transaction;
 
-use super::{ErrorClass, PgConnection, Pool, StoreError, classify, error::data_rejection};
+use super::{
+    ErrorClass, PgConnection, Pool, StoreError, classify,
+    error::{data_rejection, describe},
+};
 use crate::message::Rejection;
 
 /// What became of a batch that committed.
@@ -94,7 +97,7 @@ async fn write_in_transactions(
         }
         Err(e) if classify(&e) == ErrorClass::Transient => return Err(e.into()),
         Err(e) => {
-            tracing::info!(error = %e, batch = rows.len(), "batch refused by the database; isolating the offending messages");
+            tracing::info!(error = %describe(&e), batch = rows.len(), "batch refused by the database; isolating the offending messages");
             tx.rollback().await?;
         }
     }
@@ -128,7 +131,7 @@ async fn bisect(tx: &mut Transaction<'_>, rows: &impl Rows) -> Result<BatchOutco
                         pending.push(range.start..mid);
                     }
                     ErrorClass::Data => outcome.refused.push((range.start, data_rejection(&e))),
-                    ErrorClass::Other => outcome.failed.push((range.start, e.to_string())),
+                    ErrorClass::Other => outcome.failed.push((range.start, describe(&e))),
                 }
             }
         }

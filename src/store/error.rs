@@ -7,9 +7,9 @@ use crate::message::Rejection;
 /// A failure of the store, with enough context to log and classify.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("no database connection available: {0}")]
+    #[error("no database connection available: {}", match .0 { bb8::RunError::User(e) => describe(e), bb8::RunError::TimedOut => "timed out".to_owned() })]
     Pool(#[from] bb8::RunError<tokio_postgres::Error>),
-    #[error("database statement failed: {0}")]
+    #[error("database statement failed: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("database batch took longer than {0:?}; its connection was dropped")]
     TimedOut(std::time::Duration),
@@ -70,6 +70,20 @@ pub fn classify(error: &tokio_postgres::Error) -> ErrorClass {
         // read-only transaction after a failover: the connection points at a replica.
         _ if code == "25006" => ErrorClass::Transient,
         _ => ErrorClass::Other,
+    }
+}
+
+/// An error as an operator needs to read it: tokio-postgres shows a server
+/// error only as "db error", its message and SQLSTATE are inside.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => error.to_string(),
     }
 }
 

@@ -5,6 +5,7 @@ mod batching;
 mod binary;
 mod bootstrap;
 mod checkins;
+mod dead_letters;
 mod faults;
 mod operations;
 mod publisher;

@@ -37,9 +37,15 @@ async fn graceful_shutdown_mid_stream_acks_what_it_stored_and_hands_back_the_res
         stored > 0 && stored < TOTAL,
         "shutdown struck mid-stream: {stored} of {TOTAL} stored"
     );
-    // Every stored message was acked and every other one is back in the queue.
+    // Every stored message was acked and every other one goes back to the
+    // queue (the broker requeues a closed channel's deliveries asynchronously).
     let queue = env.broker.topology.checkin_queue.clone();
-    assert_eq!(env.broker.ready(&queue).await as i64, TOTAL - stored);
+    wait_until(
+        "the unfinished messages to be back in the queue",
+        Duration::from_secs(10),
+        || async { env.broker.ready(&queue).await as i64 == TOTAL - stored },
+    )
+    .await;
 
     let worker = RunningWorker::start(settings);
     env.wait_for_rows("SELECT count(*) FROM clusters_checkins", TOTAL)

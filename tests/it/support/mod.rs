@@ -20,6 +20,16 @@ use wfm_worker::{
 pub use broker::{Outgoing, TestBroker, header};
 pub use db::TestDb;
 
+/// Worker logs in the test's captured output, when RUST_LOG asks for them.
+fn init_logs() {
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Polls `condition` with backoff until it holds; panics naming `what` at the deadline.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
 where
@@ -49,6 +59,7 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> TestEnv {
+        init_logs();
         let (db, broker) = tokio::join!(TestDb::create(), TestBroker::create());
         TestEnv { db, broker }
     }
