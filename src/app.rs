@@ -30,8 +30,10 @@ pub enum RunError {
     Database {
         target: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: store::ConnectError,
     },
+    #[error(transparent)]
+    DatabaseSetup(#[from] store::SetupError),
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
     #[error(transparent)]
@@ -53,7 +55,8 @@ impl RunError {
     /// configuration error that will fail the same way every time.
     fn is_transient(&self) -> bool {
         match self {
-            Self::Database { source, .. } => store::classify(source) == ErrorClass::Transient,
+            Self::Database { source: store::ConnectError::Postgres(e), .. } => store::classify(e) == ErrorClass::Transient,
+            Self::Database { source: store::ConnectError::Token(_), .. } => true,
             Self::Bootstrap(BootstrapError::Database(e)) => {
                 store::classify(e) == ErrorClass::Transient
             }
@@ -69,7 +72,7 @@ impl RunError {
 
 /// Applies the schema files (the `bootstrap` subcommand, and the first step of `run`).
 pub async fn bootstrap(settings: &DatabaseSettings) -> Result<usize, RunError> {
-    bootstrap_with(&store::connect_pool(settings), settings).await
+    bootstrap_with(&store::connect_pool(settings).await?, settings).await
 }
 
 async fn bootstrap_with(pool: &Pool, settings: &DatabaseSettings) -> Result<usize, RunError> {
@@ -95,7 +98,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         broker = %describe_amqp(&settings.broker.uri),
         "starting"
     );
-    let pool = store::connect_pool(&settings.database);
+    let pool = store::connect_pool(&settings.database).await?;
     let readiness = Arc::new(Readiness::default());
     let serving = shutdown.child_token();
     let server = match settings.http_addr {
@@ -203,7 +206,7 @@ async fn consume(
 ) -> Result<(), RunError> {
     let topology = &settings.broker.topology;
     let connection =
-        broker::connect(&settings.broker.uri, &settings.broker.connection_name).await?;
+        broker::connect(&settings.broker, &settings.broker.connection_name).await?;
     readiness.set_broker_connected(true);
     let setup = connection
         .create_channel()

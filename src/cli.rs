@@ -177,11 +177,12 @@ mod tests {
         let mut in_code = BTreeMap::new();
         variables(&Cli::command(), &mut in_code);
         let example = include_str!("../config/wfm-worker.env.example");
+        // `#WFM_X=` documents a variable without a default.
         let in_file: BTreeMap<String, Option<String>> = example
             .lines()
-            .filter(|line| line.starts_with("WFM_"))
-            .filter_map(|line| line.split_once('='))
-            .map(|(k, v)| (k.to_owned(), Some(v.to_owned())))
+            .filter(|line| line.starts_with("WFM_") || line.starts_with("#WFM_"))
+            .filter_map(|line| line.trim_start_matches('#').split_once('='))
+            .map(|(k, v)| (k.to_owned(), (!v.is_empty()).then(|| v.to_owned())))
             .collect();
         assert_eq!(in_code, in_file);
     }

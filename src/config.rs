@@ -5,10 +5,12 @@
 //! prefetch at least the batch size. A bad setting fails start-up with one line
 //! naming the variable, and never echoes a URL (it may carry a password).
 
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::Args;
 use lapin::uri::AMQPUri;
+
+pub use crate::store::tls::SslMode;
 
 /// Why a setting was refused. Each message names the environment variable.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +19,8 @@ pub enum ConfigError {
     DatabaseUrl(#[source] tokio_postgres::Error),
     #[error("WFM_AMQP_URL is not a valid AMQP URL: {0}")]
     AmqpUrl(String),
+    #[error("WFM_RDS_IAM_AUTH needs TLS: set WFM_DATABASE_SSLMODE to require, verify-ca or verify-full")]
+    IamNeedsTls,
     #[error("{variable} must not be {problem}")]
     Invalid {
         variable: &'static str,
@@ -44,6 +48,31 @@ pub struct DatabaseArgs {
     /// Maximum number of pooled PostgreSQL connections.
     #[arg(long, env = "WFM_POOL_SIZE", default_value_t = 4)]
     pub pool_size: u32,
+
+    /// TLS to PostgreSQL: disable, require (encrypted, unverified), verify-ca
+    /// (chain checked), verify-full (chain and host name checked).
+    #[arg(long, env = "WFM_DATABASE_SSLMODE", value_enum, default_value = "disable")]
+    pub database_sslmode: SslMode,
+
+    /// PEM bundle of the CA certificates to trust (e.g. the RDS global bundle);
+    /// required by verify-ca and verify-full.
+    #[arg(long, env = "WFM_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
+
+    /// Identifier of an AWS RDS instance to connect to: its endpoint, port and
+    /// database name are found with DescribeDBInstances (user and password, if
+    /// any, still come from WFM_DATABASE_URL).
+    #[arg(long, env = "WFM_RDS_INSTANCE_ID")]
+    pub rds_instance_id: Option<String>,
+
+    /// AWS region of the instance; defaults to the standard AWS region settings.
+    #[arg(long, env = "WFM_RDS_REGION")]
+    pub rds_region: Option<String>,
+
+    /// Authenticate with IAM database authentication: a fresh token per new
+    /// connection instead of a password. Requires TLS (WFM_DATABASE_SSLMODE).
+    #[arg(long, env = "WFM_RDS_IAM_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub rds_iam_auth: bool,
 }
 
 /// Broker connection and topology names (`run`, `publish`, `dlq`).
@@ -58,6 +87,11 @@ pub struct BrokerArgs {
         hide_default_value = true
     )]
     pub amqp_url: String,
+
+    /// PEM bundle of CAs to trust for an `amqps://` URL (managed brokers);
+    /// without it, the system's trust store.
+    #[arg(long, env = "WFM_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
 
     /// Name this worker's broker connection shows in `rabbitmqctl list_connections`.
     #[arg(long, env = "WFM_CONNECTION_NAME", default_value = "wfm-worker")]
@@ -161,11 +195,30 @@ pub struct Settings {
 pub struct DatabaseSettings {
     pub config: tokio_postgres::Config,
     pub pool_size: u32,
+    pub ssl_mode: SslMode,
+    pub ca_file: Option<PathBuf>,
+    /// RDS discovery and IAM authentication, when configured.
+    pub rds: Option<RdsSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdsSettings {
+    pub instance_id: Option<String>,
+    pub region: Option<String>,
+    pub iam_auth: bool,
+}
+
+impl DatabaseSettings {
+    /// Plain settings for a URL: no TLS, no RDS (tests, tools).
+    pub fn plain(config: tokio_postgres::Config, pool_size: u32) -> Self {
+        DatabaseSettings { config, pool_size, ssl_mode: SslMode::Disable, ca_file: None, rds: None }
+    }
 }
 
 #[derive(Clone)]
 pub struct BrokerSettings {
     pub uri: AMQPUri,
+    pub ca_file: Option<PathBuf>,
     pub connection_name: String,
     pub topology: Topology,
 }
@@ -194,9 +247,20 @@ impl DatabaseArgs {
         let config = tokio_postgres::Config::from_str(&self.database_url)
             .map_err(ConfigError::DatabaseUrl)?;
         non_zero("WFM_POOL_SIZE", self.pool_size as usize)?;
+        if self.rds_iam_auth && self.database_sslmode == SslMode::Disable {
+            return Err(ConfigError::IamNeedsTls);
+        }
+        let rds = (self.rds_instance_id.is_some() || self.rds_iam_auth).then(|| RdsSettings {
+            instance_id: self.rds_instance_id.clone(),
+            region: self.rds_region.clone(),
+            iam_auth: self.rds_iam_auth,
+        });
         Ok(DatabaseSettings {
             config,
             pool_size: self.pool_size,
+            ssl_mode: self.database_sslmode,
+            ca_file: self.database_ca_file.clone(),
+            rds,
         })
     }
 }
@@ -217,6 +281,7 @@ impl BrokerArgs {
         }
         Ok(BrokerSettings {
             uri,
+            ca_file: self.amqp_ca_file.clone(),
             connection_name: self.connection_name.clone(),
             topology: Topology {
                 exchange: self.exchange.clone(),
@@ -312,6 +377,7 @@ mod tests {
     fn broker(url: &str) -> BrokerArgs {
         BrokerArgs {
             amqp_url: url.into(),
+            amqp_ca_file: None,
             connection_name: "wfm-worker".into(),
             exchange: "x".into(),
             checkin_queue: "c".into(),
@@ -346,11 +412,31 @@ mod tests {
         let args = DatabaseArgs {
             database_url: "postgres://postgres@localhost/wfm".into(),
             pool_size: 0,
+            database_sslmode: SslMode::Disable,
+            database_ca_file: None,
+            rds_instance_id: None,
+            rds_region: None,
+            rds_iam_auth: false,
         };
         assert_eq!(
             args.validate().unwrap_err().to_string(),
             "WFM_POOL_SIZE must not be zero or empty"
         );
+    }
+
+    #[test]
+    fn iam_auth_without_tls_is_refused_naming_the_variables() {
+        let args = DatabaseArgs {
+            database_url: "postgres://wfm@db/wfm".into(),
+            pool_size: 4,
+            database_sslmode: SslMode::Disable,
+            database_ca_file: None,
+            rds_instance_id: Some("db".into()),
+            rds_region: None,
+            rds_iam_auth: true,
+        };
+        let shown = args.validate().unwrap_err().to_string();
+        assert!(shown.contains("WFM_RDS_IAM_AUTH") && shown.contains("WFM_DATABASE_SSLMODE"), "{shown}");
     }
 
     #[test]

@@ -130,7 +130,7 @@ pub struct Replayed {
 
 /// Lists up to `limit` messages, leaving the queue as it was.
 pub async fn list(settings: &BrokerSettings, limit: usize) -> Result<Vec<Entry>, BrokerError> {
-    let connection = broker::connect(&settings.uri, "wfm-worker dlq").await?;
+    let connection = broker::connect(settings, "wfm-worker dlq").await?;
     let channel = open(&connection, "opening a channel").await?;
     let mut entries = Vec::new();
     while entries.len() < limit {
@@ -150,7 +150,7 @@ pub async fn replay(
     selection: &Selection,
     dry_run: bool,
 ) -> Result<Replayed, BrokerError> {
-    let connection = broker::connect(&settings.uri, "wfm-worker dlq").await?;
+    let connection = broker::connect(settings, "wfm-worker dlq").await?;
     let taking = open(&connection, "opening a channel").await?;
     let publishing = open(&connection, "opening a channel").await?;
     publishing

@@ -132,7 +132,7 @@ pub async fn publish(
     kind: Kind,
     documents: &[String],
 ) -> Result<Vec<String>, PublishError> {
-    let connection = broker::connect(&settings.uri, "wfm-worker publish").await?;
+    let connection = broker::connect(settings, "wfm-worker publish").await?;
     let channel = connection
         .create_channel()
         .await

@@ -4,23 +4,29 @@
 use lapin::{
     Channel, Connection, ConnectionProperties, Consumer,
     options::{BasicConsumeOptions, BasicQosOptions},
+    tcp::OwnedTLSConfig,
     types::FieldTable,
-    uri::AMQPUri,
 };
 
 use super::BrokerError;
-use crate::config::describe_amqp;
+use crate::config::{BrokerSettings, describe_amqp};
 
-/// Opens a connection named after the worker (visible in `rabbitmqctl
-/// list_connections` and the management UI).
-pub async fn connect(uri: &AMQPUri, name: &str) -> Result<Connection, BrokerError> {
+/// Opens a connection named `name` (visible in `rabbitmqctl list_connections`
+/// and the management UI). `amqps://` URLs use rustls, trusting the CAs of
+/// `ca_file` (WFM_AMQP_CA_FILE) besides the system's.
+pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, BrokerError> {
+    let uri = &settings.uri;
+    let fail = |source| BrokerError::Connect { target: describe_amqp(uri), source };
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect_uri(uri.clone(), properties)
-        .await
-        .map_err(|source| BrokerError::Connect {
-            target: describe_amqp(uri),
-            source,
-        })
+    let cert_chain = match &settings.ca_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            fail(lapin::Error::from(std::io::Error::new(e.kind(), format!("WFM_AMQP_CA_FILE {}: {e}", path.display()))))
+        })?),
+        None => None,
+    };
+    let tls = OwnedTLSConfig { identity: None, cert_chain };
+    let runtime = lapin::runtime::default_runtime().map_err(fail)?;
+    Connection::connect_uri_with_config(uri.clone(), properties, tls, runtime).await.map_err(fail)
 }
 
 /// A channel with `prefetch` unacknowledged deliveries at most, consuming `queue`

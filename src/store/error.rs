@@ -2,13 +2,18 @@
 //!
 //! SQLSTATE classes: <https://www.postgresql.org/docs/current/errcodes-appendix.html>.
 
+use super::ConnectError;
 use crate::message::Rejection;
 
 /// A failure of the store, with enough context to log and classify.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("no database connection available: {}", match .0 { bb8::RunError::User(e) => describe(e), bb8::RunError::TimedOut => "timed out".to_owned() })]
-    Pool(#[from] bb8::RunError<tokio_postgres::Error>),
+    #[error("no database connection available: {}", match .0 {
+        bb8::RunError::User(ConnectError::Postgres(e)) => describe(e),
+        bb8::RunError::User(e) => e.to_string(),
+        bb8::RunError::TimedOut => "timed out".to_owned(),
+    })]
+    Pool(#[from] bb8::RunError<ConnectError>),
     #[error("database statement failed: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("database batch took longer than {0:?}; its connection was dropped")]
@@ -32,7 +37,9 @@ impl StoreError {
         match self {
             // bb8 reports every failed connect as a time-out.
             Self::Pool(bb8::RunError::TimedOut) => ErrorClass::Transient,
-            Self::Pool(bb8::RunError::User(e)) | Self::Query(e) => classify(e),
+            Self::Pool(bb8::RunError::User(ConnectError::Postgres(e))) | Self::Query(e) => classify(e),
+            // Minting a token needs credentials that may be refreshing.
+            Self::Pool(bb8::RunError::User(ConnectError::Token(_))) => ErrorClass::Transient,
             Self::TimedOut(_) => ErrorClass::Transient,
         }
     }

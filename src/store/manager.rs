@@ -1,5 +1,5 @@
-//! The pool's connection manager: bb8-postgres's, plus a way to retire a
-//! connection that still looks open but must not be reused.
+//! The pool's connection manager: bb8-postgres's, plus TLS, IAM tokens, and a
+//! way to retire a connection that still looks open but must not be reused.
 //!
 //! `Client::is_closed` only notices a socket the server closed. A connection
 //! left on a read-only node after a failover (SQLSTATE 25006), or one whose
@@ -15,7 +15,19 @@ use std::{
 };
 
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, config::Host};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::rds::{IamAuth, RdsError};
+
+/// Why a new connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Token(#[from] RdsError),
+}
 
 /// A pooled PostgreSQL client that can be marked broken.
 pub struct PgConnection {
@@ -49,32 +61,49 @@ impl DerefMut for PgConnection {
     }
 }
 
+/// Connects with the resolved configuration: plaintext or rustls, and with a
+/// fresh IAM token as the password of every new connection when IAM is on.
 pub struct Manager {
-    inner: PostgresConnectionManager<NoTls>,
+    config: Config,
+    tls: Option<MakeRustlsConnect>,
+    iam: Option<IamAuth>,
 }
 
 impl Manager {
-    pub fn new(config: Config) -> Self {
-        Manager {
-            inner: PostgresConnectionManager::new(config, NoTls),
+    pub fn new(config: Config, tls: Option<MakeRustlsConnect>, iam: Option<IamAuth>) -> Self {
+        Manager { config, tls, iam }
+    }
+
+    async fn config_for_next_connection(&self) -> Result<Config, ConnectError> {
+        let mut config = self.config.clone();
+        if let Some(iam) = &self.iam {
+            let host = match config.get_hosts().first() {
+                Some(Host::Tcp(host)) => host.clone(),
+                _ => "localhost".to_owned(),
+            };
+            let port = config.get_ports().first().copied().unwrap_or(5432);
+            let user = config.get_user().unwrap_or("postgres").to_owned();
+            config.password(iam.token(&host, port, &user).await?);
         }
+        Ok(config)
     }
 }
 
 impl bb8::ManageConnection for Manager {
     type Connection = PgConnection;
-    type Error = tokio_postgres::Error;
+    type Error = ConnectError;
 
-    async fn connect(&self) -> Result<PgConnection, tokio_postgres::Error> {
-        let client = self.inner.connect().await?;
-        Ok(PgConnection {
-            client,
-            broken: Arc::default(),
-        })
+    async fn connect(&self) -> Result<PgConnection, ConnectError> {
+        let config = self.config_for_next_connection().await?;
+        let client = match &self.tls {
+            None => PostgresConnectionManager::new(config, NoTls).connect().await?,
+            Some(tls) => PostgresConnectionManager::new(config, tls.clone()).connect().await?,
+        };
+        Ok(PgConnection { client, broken: Arc::default() })
     }
 
-    async fn is_valid(&self, conn: &mut PgConnection) -> Result<(), tokio_postgres::Error> {
-        conn.client.simple_query("").await.map(drop)
+    async fn is_valid(&self, conn: &mut PgConnection) -> Result<(), ConnectError> {
+        Ok(conn.client.simple_query("").await.map(drop)?)
     }
 
     fn has_broken(&self, conn: &mut PgConnection) -> bool {

@@ -11,12 +11,14 @@ mod checkins;
 mod error;
 mod manager;
 mod pool;
+pub mod rds;
+pub mod tls;
 mod versions;
 
 pub use batch::BatchOutcome;
 pub use bootstrap::{BootstrapError, MIGRATIONS, Migration, apply_migrations};
 pub use checkins::write_checkins;
 pub use error::{ErrorClass, StoreError, classify};
-pub use manager::{Manager, PgConnection};
-pub use pool::{Pool, connect_pool};
+pub use manager::{ConnectError, Manager, PgConnection};
+pub use pool::{Pool, SetupError, connect_pool, pool_with};
 pub use versions::write_versions;

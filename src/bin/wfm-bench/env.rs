@@ -62,10 +62,7 @@ impl BenchEnv {
     }
 
     pub fn database(&self, pool_size: u32) -> DatabaseSettings {
-        DatabaseSettings {
-            config: self.db_url().parse().expect("valid URL"),
-            pool_size,
-        }
+        DatabaseSettings::plain(self.db_url().parse().expect("valid URL"), pool_size)
     }
 
     pub async fn client(&self) -> anyhow::Result<Client> {

@@ -75,7 +75,7 @@ pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result
     let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
     let settings = env.database(1);
     app::bootstrap(&settings).await?;
-    let pool = store::connect_pool(&settings);
+    let pool = store::connect_pool(&settings).await?;
     let bodies: Vec<String> = (0..count).map(payload::checkin).collect();
     let ids: Vec<String> = (0..count).map(|i| format!("m-{i}")).collect();
     let received_at = chrono::Utc::now();

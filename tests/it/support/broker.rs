@@ -101,6 +101,7 @@ impl TestBroker {
     pub fn settings(&self) -> BrokerSettings {
         BrokerSettings {
             uri: AMQP_URL.parse::<AMQPUri>().unwrap(),
+            ca_file: None,
             connection_name: format!("{}-worker", self.topology.exchange),
             topology: self.topology.clone(),
         }

@@ -37,10 +37,7 @@ impl TestDb {
     }
 
     pub fn settings(&self) -> DatabaseSettings {
-        DatabaseSettings {
-            config: self.url().parse::<Config>().unwrap(),
-            pool_size: 4,
-        }
+        DatabaseSettings::plain(self.url().parse::<Config>().unwrap(), 4)
     }
 
     pub async fn client(&self) -> Client {
