@@ -55,8 +55,14 @@ impl RunError {
     /// configuration error that will fail the same way every time.
     fn is_transient(&self) -> bool {
         match self {
-            Self::Database { source: store::ConnectError::Postgres(e), .. } => store::classify(e) == ErrorClass::Transient,
-            Self::Database { source: store::ConnectError::Token(_), .. } => true,
+            Self::Database {
+                source: store::ConnectError::Postgres(e),
+                ..
+            } => store::classify(e) == ErrorClass::Transient,
+            Self::Database {
+                source: store::ConnectError::Token(_),
+                ..
+            } => true,
             Self::Bootstrap(BootstrapError::Database(e)) => {
                 store::classify(e) == ErrorClass::Transient
             }
@@ -205,8 +211,7 @@ async fn consume(
     retry: &mut Retry<'_>,
 ) -> Result<(), RunError> {
     let topology = &settings.broker.topology;
-    let connection =
-        broker::connect(&settings.broker, &settings.broker.connection_name).await?;
+    let connection = broker::connect(&settings.broker, &settings.broker.connection_name).await?;
     readiness.set_broker_connected(true);
     let setup = connection
         .create_channel()

@@ -19,7 +19,9 @@ pub enum ConfigError {
     DatabaseUrl(#[source] tokio_postgres::Error),
     #[error("WFM_AMQP_URL is not a valid AMQP URL: {0}")]
     AmqpUrl(String),
-    #[error("WFM_RDS_IAM_AUTH needs TLS: set WFM_DATABASE_SSLMODE to require, verify-ca or verify-full")]
+    #[error(
+        "WFM_RDS_IAM_AUTH needs TLS: set WFM_DATABASE_SSLMODE to require, verify-ca or verify-full"
+    )]
     IamNeedsTls,
     #[error("{variable} must not be {problem}")]
     Invalid {
@@ -51,7 +53,12 @@ pub struct DatabaseArgs {
 
     /// TLS to PostgreSQL: disable, require (encrypted, unverified), verify-ca
     /// (chain checked), verify-full (chain and host name checked).
-    #[arg(long, env = "WFM_DATABASE_SSLMODE", value_enum, default_value = "disable")]
+    #[arg(
+        long,
+        env = "WFM_DATABASE_SSLMODE",
+        value_enum,
+        default_value = "disable"
+    )]
     pub database_sslmode: SslMode,
 
     /// PEM bundle of the CA certificates to trust (e.g. the RDS global bundle);
@@ -211,7 +218,13 @@ pub struct RdsSettings {
 impl DatabaseSettings {
     /// Plain settings for a URL: no TLS, no RDS (tests, tools).
     pub fn plain(config: tokio_postgres::Config, pool_size: u32) -> Self {
-        DatabaseSettings { config, pool_size, ssl_mode: SslMode::Disable, ca_file: None, rds: None }
+        DatabaseSettings {
+            config,
+            pool_size,
+            ssl_mode: SslMode::Disable,
+            ca_file: None,
+            rds: None,
+        }
     }
 }
 
@@ -436,7 +449,10 @@ mod tests {
             rds_iam_auth: true,
         };
         let shown = args.validate().unwrap_err().to_string();
-        assert!(shown.contains("WFM_RDS_IAM_AUTH") && shown.contains("WFM_DATABASE_SSLMODE"), "{shown}");
+        assert!(
+            shown.contains("WFM_RDS_IAM_AUTH") && shown.contains("WFM_DATABASE_SSLMODE"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -16,17 +16,28 @@ use crate::config::{BrokerSettings, describe_amqp};
 /// `ca_file` (WFM_AMQP_CA_FILE) besides the system's.
 pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, BrokerError> {
     let uri = &settings.uri;
-    let fail = |source| BrokerError::Connect { target: describe_amqp(uri), source };
+    let fail = |source| BrokerError::Connect {
+        target: describe_amqp(uri),
+        source,
+    };
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let cert_chain = match &settings.ca_file {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            fail(lapin::Error::from(std::io::Error::new(e.kind(), format!("WFM_AMQP_CA_FILE {}: {e}", path.display()))))
+            fail(lapin::Error::from(std::io::Error::new(
+                e.kind(),
+                format!("WFM_AMQP_CA_FILE {}: {e}", path.display()),
+            )))
         })?),
         None => None,
     };
-    let tls = OwnedTLSConfig { identity: None, cert_chain };
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain,
+    };
     let runtime = lapin::runtime::default_runtime().map_err(fail)?;
-    Connection::connect_uri_with_config(uri.clone(), properties, tls, runtime).await.map_err(fail)
+    Connection::connect_uri_with_config(uri.clone(), properties, tls, runtime)
+        .await
+        .map_err(fail)
 }
 
 /// A channel with `prefetch` unacknowledged deliveries at most, consuming `queue`

@@ -37,7 +37,9 @@ impl StoreError {
         match self {
             // bb8 reports every failed connect as a time-out.
             Self::Pool(bb8::RunError::TimedOut) => ErrorClass::Transient,
-            Self::Pool(bb8::RunError::User(ConnectError::Postgres(e))) | Self::Query(e) => classify(e),
+            Self::Pool(bb8::RunError::User(ConnectError::Postgres(e))) | Self::Query(e) => {
+                classify(e)
+            }
             // Minting a token needs credentials that may be refreshing.
             Self::Pool(bb8::RunError::User(ConnectError::Token(_))) => ErrorClass::Transient,
             Self::TimedOut(_) => ErrorClass::Transient,

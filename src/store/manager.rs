@@ -96,10 +96,21 @@ impl bb8::ManageConnection for Manager {
     async fn connect(&self) -> Result<PgConnection, ConnectError> {
         let config = self.config_for_next_connection().await?;
         let client = match &self.tls {
-            None => PostgresConnectionManager::new(config, NoTls).connect().await?,
-            Some(tls) => PostgresConnectionManager::new(config, tls.clone()).connect().await?,
+            None => {
+                PostgresConnectionManager::new(config, NoTls)
+                    .connect()
+                    .await?
+            }
+            Some(tls) => {
+                PostgresConnectionManager::new(config, tls.clone())
+                    .connect()
+                    .await?
+            }
         };
-        Ok(PgConnection { client, broken: Arc::default() })
+        Ok(PgConnection {
+            client,
+            broken: Arc::default(),
+        })
     }
 
     async fn is_valid(&self, conn: &mut PgConnection) -> Result<(), ConnectError> {

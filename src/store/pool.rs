@@ -30,16 +30,25 @@ pub enum SetupError {
 pub async fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, SetupError> {
     let mut config = settings.config.clone();
     let sdk = match &settings.rds {
-        Some(rds) if rds.instance_id.is_some() || rds.iam_auth => Some(rds::sdk_config(rds.region.as_deref()).await),
+        Some(rds) if rds.instance_id.is_some() || rds.iam_auth => {
+            Some(rds::sdk_config(rds.region.as_deref()).await)
+        }
         _ => None,
     };
-    if let (Some(sdk), Some(instance_id)) = (&sdk, settings.rds.as_ref().and_then(|r| r.instance_id.as_deref())) {
+    if let (Some(sdk), Some(instance_id)) = (
+        &sdk,
+        settings.rds.as_ref().and_then(|r| r.instance_id.as_deref()),
+    ) {
         let endpoint = rds::discover(sdk, instance_id).await?;
         config = at_endpoint(&config, &endpoint);
         tracing::info!(instance = instance_id, host = %endpoint.host, port = endpoint.port, dbname = config.get_dbname().unwrap_or("?"), "discovered RDS instance");
     }
     let connector = tls::connector(settings.ssl_mode, settings.ca_file.as_deref())?;
-    config.ssl_mode(if connector.is_some() { PgSslMode::Require } else { PgSslMode::Disable });
+    config.ssl_mode(if connector.is_some() {
+        PgSslMode::Require
+    } else {
+        PgSslMode::Disable
+    });
     let iam = match (sdk, settings.rds.as_ref().is_some_and(|r| r.iam_auth)) {
         (Some(sdk), true) => Some(IamAuth::new(sdk)),
         _ => None,
@@ -55,13 +64,20 @@ pub async fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, SetupErro
 
 /// The pool for a resolved configuration (also the seam for tests that bring
 /// their own `IamAuth`).
-pub fn pool_with(settings: &DatabaseSettings, mut config: Config, tls: Option<tokio_postgres_rustls::MakeRustlsConnect>, iam: Option<IamAuth>) -> Pool {
+pub fn pool_with(
+    settings: &DatabaseSettings,
+    mut config: Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    iam: Option<IamAuth>,
+) -> Pool {
     // A black-holed network is only noticed through TCP: without these the
     // kernel's default keepalive waits two hours.
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
-    config.keepalives_idle(Duration::from_secs(30)).tcp_user_timeout(Duration::from_secs(30));
+    config
+        .keepalives_idle(Duration::from_secs(30))
+        .tcp_user_timeout(Duration::from_secs(30));
     if config.get_application_name().is_none() {
         config.application_name("wfm-worker");
     }
@@ -121,11 +137,21 @@ mod tests {
     #[test]
     fn discovered_endpoint_keeps_the_urls_credentials_and_prefers_the_instance_database() {
         let url: Config = "postgres://wfm:pw@localhost:5432/fallback".parse().unwrap();
-        let endpoint = rds::Endpoint { host: "db.rds.amazonaws.com".into(), port: 6543, dbname: Some("workflow".into()) };
+        let endpoint = rds::Endpoint {
+            host: "db.rds.amazonaws.com".into(),
+            port: 6543,
+            dbname: Some("workflow".into()),
+        };
         let config = at_endpoint(&url, &endpoint);
-        assert_eq!(describe_postgres(&config), "wfm@db.rds.amazonaws.com:6543/workflow");
+        assert_eq!(
+            describe_postgres(&config),
+            "wfm@db.rds.amazonaws.com:6543/workflow"
+        );
         assert_eq!(config.get_password(), Some(&b"pw"[..]));
-        let endpoint = rds::Endpoint { dbname: None, ..endpoint };
+        let endpoint = rds::Endpoint {
+            dbname: None,
+            ..endpoint
+        };
         assert_eq!(at_endpoint(&url, &endpoint).get_dbname(), Some("fallback"));
     }
 }

@@ -22,7 +22,9 @@ use aws_sdk_rds::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum RdsError {
-    #[error("no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or a role): {0}")]
+    #[error(
+        "no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or a role): {0}"
+    )]
     Credentials(String),
     #[error("RDS instance {0} (WFM_RDS_INSTANCE_ID) was not found")]
     NotFound(String),
@@ -73,8 +75,13 @@ pub async fn discover(sdk: &SdkConfig, instance_id: &str) -> Result<Endpoint, Rd
         .send()
         .await
         .map_err(|e| match e.into_service_error() {
-            DescribeDBInstancesError::DbInstanceNotFoundFault(_) => RdsError::NotFound(instance_id.to_owned()),
-            other => RdsError::Api { id: instance_id.to_owned(), reason: DisplayErrorContext(&other).to_string() },
+            DescribeDBInstancesError::DbInstanceNotFoundFault(_) => {
+                RdsError::NotFound(instance_id.to_owned())
+            }
+            other => RdsError::Api {
+                id: instance_id.to_owned(),
+                reason: DisplayErrorContext(&other).to_string(),
+            },
         })?;
     let instance = output
         .db_instances()
@@ -82,17 +89,30 @@ pub async fn discover(sdk: &SdkConfig, instance_id: &str) -> Result<Endpoint, Rd
         .ok_or_else(|| RdsError::NotFound(instance_id.to_owned()))?;
     let engine = instance.engine().unwrap_or("unknown");
     if !(engine.starts_with("postgres") || engine == "aurora-postgresql") {
-        return Err(RdsError::NotPostgres { id: instance_id.to_owned(), engine: engine.to_owned() });
+        return Err(RdsError::NotPostgres {
+            id: instance_id.to_owned(),
+            engine: engine.to_owned(),
+        });
     }
     let status = instance.db_instance_status().unwrap_or("unknown");
     if status != "available" {
-        return Err(RdsError::NotAvailable { id: instance_id.to_owned(), status: status.to_owned() });
+        return Err(RdsError::NotAvailable {
+            id: instance_id.to_owned(),
+            status: status.to_owned(),
+        });
     }
-    let endpoint = instance.endpoint().ok_or_else(|| RdsError::NoEndpoint(instance_id.to_owned()))?;
-    let host = endpoint.address().ok_or_else(|| RdsError::NoEndpoint(instance_id.to_owned()))?;
+    let endpoint = instance
+        .endpoint()
+        .ok_or_else(|| RdsError::NoEndpoint(instance_id.to_owned()))?;
+    let host = endpoint
+        .address()
+        .ok_or_else(|| RdsError::NoEndpoint(instance_id.to_owned()))?;
     Ok(Endpoint {
         host: host.to_owned(),
-        port: endpoint.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432),
+        port: endpoint
+            .port()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(5432),
         dbname: instance.db_name().map(str::to_owned),
     })
 }
@@ -106,7 +126,10 @@ pub struct IamAuth {
 
 impl IamAuth {
     pub fn new(sdk: SdkConfig) -> Self {
-        IamAuth { sdk, minted: Arc::default() }
+        IamAuth {
+            sdk,
+            minted: Arc::default(),
+        }
     }
 
     /// A fresh token for `user` at `host:port` (valid 15 minutes).
@@ -143,9 +166,17 @@ mod tests {
 
     fn fixed() -> IamAuth {
         let sdk = SdkConfig::builder()
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test")))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            )))
             .region(Region::new("eu-west-1"))
-            .time_source(StaticTimeSource::new(UNIX_EPOCH + Duration::from_secs(1_764_000_000)))
+            .time_source(StaticTimeSource::new(
+                UNIX_EPOCH + Duration::from_secs(1_764_000_000),
+            ))
             .build();
         IamAuth::new(sdk)
     }
@@ -153,17 +184,24 @@ mod tests {
     #[tokio::test]
     async fn token_is_a_presigned_connect_url_for_host_port_and_user_valid_900_s() {
         let iam = fixed();
-        let token = iam.token("db.example.eu-west-1.rds.amazonaws.com", 5432, "wfm").await.unwrap();
+        let token = iam
+            .token("db.example.eu-west-1.rds.amazonaws.com", 5432, "wfm")
+            .await
+            .unwrap();
         let (authority, query) = token.split_once("/?").unwrap();
         assert_eq!(authority, "db.example.eu-west-1.rds.amazonaws.com:5432");
-        let params: Vec<(&str, &str)> = query.split('&').filter_map(|p| p.split_once('=')).collect();
+        let params: Vec<(&str, &str)> =
+            query.split('&').filter_map(|p| p.split_once('=')).collect();
         let get = |k: &str| params.iter().find(|(name, _)| *name == k).map(|(_, v)| *v);
         assert_eq!(get("Action"), Some("connect"));
         assert_eq!(get("DBUser"), Some("wfm"));
         assert_eq!(get("X-Amz-Expires"), Some("900"));
         assert_eq!(get("X-Amz-Algorithm"), Some("AWS4-HMAC-SHA256"));
         assert_eq!(get("X-Amz-Date"), Some("20251124T160000Z"));
-        assert_eq!(get("X-Amz-Credential"), Some("AKIDEXAMPLE%2F20251124%2Feu-west-1%2Frds-db%2Faws4_request"));
+        assert_eq!(
+            get("X-Amz-Credential"),
+            Some("AKIDEXAMPLE%2F20251124%2Feu-west-1%2Frds-db%2Faws4_request")
+        );
         let signature = get("X-Amz-Signature").unwrap();
         assert_eq!(signature.len(), 64);
         assert!(signature.chars().all(|c| c.is_ascii_hexdigit()));

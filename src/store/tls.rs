@@ -58,7 +58,10 @@ pub fn install_crypto_provider() {
 }
 
 /// The connector for `mode`, or `None` for `disable`.
-pub fn connector(mode: SslMode, ca_file: Option<&Path>) -> Result<Option<MakeRustlsConnect>, TlsConfigError> {
+pub fn connector(
+    mode: SslMode,
+    ca_file: Option<&Path>,
+) -> Result<Option<MakeRustlsConnect>, TlsConfigError> {
     install_crypto_provider();
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         SslMode::Disable => return Ok(None),
@@ -66,10 +69,15 @@ pub fn connector(mode: SslMode, ca_file: Option<&Path>) -> Result<Option<MakeRus
         SslMode::VerifyCa | SslMode::VerifyFull => {
             let path = ca_file.ok_or(TlsConfigError::MissingCa(mode.as_str()))?;
             let roots = load_roots(path)?;
-            let full = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()))
-                .build()
-                .map_err(|e| bad_ca(path, e.to_string()))?;
-            if mode == SslMode::VerifyCa { Arc::new(IgnoreHostName(full)) } else { full }
+            let full =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()))
+                    .build()
+                    .map_err(|e| bad_ca(path, e.to_string()))?;
+            if mode == SslMode::VerifyCa {
+                Arc::new(IgnoreHostName(full))
+            } else {
+                full
+            }
         }
     };
     let config = ClientConfig::builder_with_provider(Arc::new(provider()))
@@ -86,7 +94,10 @@ fn provider() -> rustls::crypto::CryptoProvider {
 }
 
 fn bad_ca(path: &Path, reason: String) -> TlsConfigError {
-    TlsConfigError::BadCa { path: path.display().to_string(), reason }
+    TlsConfigError::BadCa {
+        path: path.display().to_string(),
+        reason,
+    }
 }
 
 /// Every certificate of a PEM bundle (the RDS global bundle has over a hundred).
@@ -101,7 +112,10 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsConfigError> {
     let mut roots = RootCertStore::empty();
     let (_, ignored) = roots.add_parsable_certificates(certificates);
     if roots.is_empty() {
-        return Err(bad_ca(path, format!("none of the {ignored} certificates could be used")));
+        return Err(bad_ca(
+            path,
+            format!("none of the {ignored} certificates could be used"),
+        ));
     }
     Ok(roots)
 }
@@ -121,19 +135,33 @@ impl ServerCertVerifier for IgnoreHostName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(TlsError::InvalidCertificate(
-                rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         self.0.verify_tls12_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         self.0.verify_tls13_signature(message, cert, dss)
     }
 
@@ -148,16 +176,43 @@ impl ServerCertVerifier for IgnoreHostName {
 struct AcceptAnyCertificate(rustls::crypto::CryptoProvider);
 
 impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, TlsError> {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -12,4 +12,5 @@ mod publisher;
 mod rejections;
 mod shutdown;
 mod support;
+mod tls;
 mod versions;

@@ -3,10 +3,12 @@
 //! conditions with a deadline (never a bare sleep).
 
 pub mod broker;
+pub mod certs;
 pub mod db;
 pub mod process;
 pub mod proxy;
 pub mod scenario;
+pub mod tls_proxy;
 
 use std::{future::Future, time::Duration};
 

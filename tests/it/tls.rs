@@ -1,0 +1,261 @@
+//! TLS: to PostgreSQL in each sslmode (against the local server, given a
+//! certificate these tests make), IAM tokens per pooled connection, and amqps.
+
+use std::{path::Path, time::Duration};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_rds::config::{Credentials, SharedCredentialsProvider};
+use tokio_postgres::Client;
+use wfm_worker::{
+    config::{DatabaseSettings, SslMode},
+    store::{self, rds::IamAuth, tls},
+};
+
+use crate::support::{
+    CLUSTER, Outgoing, RunningWorker, TestDb, TestEnv,
+    certs::TestPki,
+    checkin_body,
+    db::{ADMIN_URL, connect},
+    tls_proxy, wait_until,
+};
+
+/// Installs `pki`'s server certificate on the local PostgreSQL and reloads it.
+/// The server writes the files itself (`lo_export`, as the server's user), so
+/// no file system access is needed here. Returns the admin client to
+/// restore the previous settings with.
+async fn serve_certificate(pki: &TestPki) -> Client {
+    let admin = connect(ADMIN_URL).await;
+    let dir: String = admin
+        .query_one("SHOW data_directory", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for (file, pem) in [
+        ("wfm-test-server.crt", &pki.server_cert_pem),
+        ("wfm-test-server.key", &pki.server_key_pem),
+    ] {
+        let oid: u32 = admin
+            .query_one("SELECT lo_from_bytea(0, $1)", &[&pem.as_bytes()])
+            .await
+            .unwrap()
+            .get(0);
+        admin
+            .execute(
+                "SELECT lo_export($1, $2)",
+                &[&oid, &format!("{dir}/{file}")],
+            )
+            .await
+            .unwrap();
+        admin
+            .execute("SELECT lo_unlink($1)", &[&oid])
+            .await
+            .unwrap();
+    }
+    // lo_export leaves the file readable by all; the server insists on 0600
+    // for a key it owns, and only the server's own user may change that.
+    admin
+        .batch_execute(&format!(
+            "COPY (SELECT 1) TO PROGRAM 'chmod 0600 {dir}/wfm-test-server.key'"
+        ))
+        .await
+        .unwrap();
+    // One at a time: ALTER SYSTEM refuses to run in a (multi-statement) transaction.
+    for statement in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{dir}/wfm-test-server.crt'"),
+        format!("ALTER SYSTEM SET ssl_key_file = '{dir}/wfm-test-server.key'"),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+        "SELECT pg_reload_conf()".to_owned(),
+    ] {
+        admin.batch_execute(&statement).await.unwrap();
+    }
+    admin
+}
+
+/// Back to the server's own certificate settings (TLS stays on, as found).
+async fn restore(admin: Client) {
+    for statement in [
+        "ALTER SYSTEM RESET ssl_cert_file",
+        "ALTER SYSTEM RESET ssl_key_file",
+        "ALTER SYSTEM RESET ssl",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(statement).await.unwrap();
+    }
+}
+
+/// Connects once with `mode`; Ok(whether the session is encrypted) or the error.
+async fn try_connect(
+    db: &TestDb,
+    host: &str,
+    mode: SslMode,
+    ca: Option<&Path>,
+) -> Result<bool, String> {
+    let mut settings = DatabaseSettings::plain(
+        format!("postgres://postgres@{host}:5432/{}", db.name)
+            .parse()
+            .unwrap(),
+        1,
+    );
+    settings.ssl_mode = mode;
+    settings.ca_file = ca.map(Path::to_path_buf);
+    let pool = store::connect_pool(&settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    // A dedicated connection reports the real error at once (bb8's get would retry until its time-out).
+    let client = pool
+        .dedicated_connection()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+async fn postgres_tls_modes_connect_or_refuse_as_libpq_does() {
+    let pki = TestPki::new("wfm test CA");
+    let stranger = TestPki::new("some other CA");
+    let (ca, wrong_ca) = (pki.ca_file(), stranger.ca_file());
+    let db = TestDb::create().await;
+    let admin = serve_certificate(&pki).await;
+    // The reload is asynchronous: wait until the server presents the new certificate.
+    wait_until(
+        "the server to present the test certificate",
+        Duration::from_secs(20),
+        || async {
+            try_connect(&db, "localhost", SslMode::VerifyFull, Some(&ca))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+
+    assert_eq!(
+        try_connect(&db, "localhost", SslMode::Require, None).await,
+        Ok(true)
+    );
+    assert_eq!(
+        try_connect(&db, "localhost", SslMode::VerifyFull, Some(&ca)).await,
+        Ok(true)
+    );
+    let wrong_issuer = try_connect(&db, "localhost", SslMode::VerifyFull, Some(&wrong_ca))
+        .await
+        .unwrap_err();
+    assert!(wrong_issuer.contains("UnknownIssuer"), "{wrong_issuer}");
+    let wrong_name = try_connect(&db, "127.0.0.1", SslMode::VerifyFull, Some(&ca))
+        .await
+        .unwrap_err();
+    assert!(wrong_name.contains("NotValidForName"), "{wrong_name}");
+    assert_eq!(
+        try_connect(&db, "127.0.0.1", SslMode::VerifyCa, Some(&ca)).await,
+        Ok(true),
+        "verify-ca ignores the name"
+    );
+    assert!(
+        try_connect(&db, "127.0.0.1", SslMode::VerifyCa, Some(&wrong_ca))
+            .await
+            .is_err(),
+        "but not the chain"
+    );
+    assert_eq!(
+        try_connect(&db, "127.0.0.1", SslMode::Disable, None).await,
+        Ok(false),
+        "plain still works"
+    );
+    let missing = try_connect(&db, "localhost", SslMode::VerifyFull, None)
+        .await
+        .unwrap_err();
+    assert!(missing.contains("WFM_DATABASE_CA_FILE"), "{missing}");
+    restore(admin).await;
+}
+
+fn static_aws() -> SdkConfig {
+    SdkConfig::builder()
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "AKIDTEST", "secret", None, None, "test",
+        )))
+        .region(Region::new("us-east-1"))
+        .time_source(aws_smithy_async::time::SystemTimeSource::new())
+        .behavior_version(BehaviorVersion::latest())
+        .build()
+}
+
+#[tokio::test]
+async fn iam_auth_mints_a_fresh_token_for_every_new_pooled_connection() {
+    let db = TestDb::create().await;
+    let mut settings = DatabaseSettings::plain(db.url().parse().unwrap(), 3);
+    settings.ssl_mode = SslMode::Require;
+    let iam = IamAuth::new(static_aws());
+    let connector = tls::connector(SslMode::Require, None).unwrap();
+    let pool = store::pool_with(
+        &settings,
+        settings.config.clone(),
+        connector,
+        Some(iam.clone()),
+    );
+
+    let (a, b, c) = tokio::join!(pool.get(), pool.get(), pool.get());
+    let held = [a.unwrap(), b.unwrap(), c.unwrap()];
+    for conn in &held {
+        let encrypted: bool = conn
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(encrypted, "IAM tokens only travel over TLS");
+    }
+    assert_eq!(iam.minted(), 3, "one token per connection");
+    drop(held);
+    drop(pool.get().await.unwrap());
+    assert_eq!(iam.minted(), 3, "a reused connection needs no new token");
+    pool.get().await.unwrap().mark_broken();
+    let (a, b, c) = tokio::join!(pool.get(), pool.get(), pool.get());
+    drop((a.unwrap(), b.unwrap(), c.unwrap()));
+    assert_eq!(
+        iam.minted(),
+        4,
+        "the replacement of a broken connection gets its own token"
+    );
+}
+
+#[tokio::test]
+async fn the_worker_consumes_over_amqps_trusting_the_configured_ca_only() {
+    let env = TestEnv::new().await;
+    let pki = TestPki::new("wfm broker CA");
+    let proxy = tls_proxy::start(&pki, "127.0.0.1:5672".parse().unwrap()).await;
+    let mut settings = env.settings();
+    settings.broker.uri = format!("amqps://guest:guest@localhost:{}/%2f", proxy.port())
+        .parse()
+        .unwrap();
+    settings.broker.ca_file = Some(pki.ca_file());
+    let worker = RunningWorker::start(settings.clone());
+    env.broker
+        .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "tls")).id("over-tls")])
+        .await;
+    env.wait_for_rows(
+        "SELECT count(*) FROM clusters_checkins WHERE message_id = 'over-tls'",
+        1,
+    )
+    .await;
+    worker.stop().await.unwrap();
+
+    settings.broker.ca_file = Some(TestPki::new("a stranger").ca_file());
+    settings.reconnect_max = 1;
+    let error = RunningWorker::start(settings)
+        .wait()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.to_lowercase().contains("certificate") || error.contains("UnknownIssuer"),
+        "{error}"
+    );
+}
