@@ -52,6 +52,20 @@ ensure_rust() {
   command -v cc >/dev/null || apt_install build-essential
 }
 
+# The offline AWS API for the RDS tests: moto in server mode, pinned, in a venv
+# outside the clone; and the name its fake instance endpoint reports, mapped to
+# the local PostgreSQL.
+MOTO_VERSION=5.2.5
+ensure_test_aws() {
+  local venv="$HOME/.cache/wfm-venv"
+  if ! "$venv/bin/pip" show moto 2>/dev/null | grep -q "^Version: $MOTO_VERSION\$"; then
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv python3-pip; python3 -m venv "$venv"; }
+    "$venv/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+  fi
+  local host=wfm-rds-test.aaaaaaaaaa.us-east-1.rds.amazonaws.com
+  grep -q " $host\$" /etc/hosts || echo "127.0.0.1 $host" | as_root tee -a /etc/hosts >/dev/null
+}
+
 ensure_services() {
   ensure_postgres
   ensure_rabbitmq

@@ -9,6 +9,7 @@ mod dead_letters;
 mod faults;
 mod operations;
 mod publisher;
+mod rds;
 mod rejections;
 mod shutdown;
 mod support;

@@ -1,0 +1,142 @@
+//! RDS discovery, offline: a local AWS-compatible server (moto, installed and
+//! pinned by `scripts/test.sh`) answers DescribeDBInstances, and the real
+//! binary is pointed at it with the standard `AWS_ENDPOINT_URL_RDS`.
+//!
+//! moto reports an instance's endpoint as
+//! `<id>.aaaaaaaaaa.<region>.rds.amazonaws.com:5432`; `scripts/test.sh` maps
+//! that name (for the instance id used here) to 127.0.0.1 in `/etc/hosts`, so
+//! the worker really connects where RDS says — the local PostgreSQL.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_rds::config::{Credentials, SharedCredentialsProvider};
+use tokio::process::{Child, Command};
+
+use crate::support::{TestEnv, process::{free_port, worker_command}, wait_until};
+
+const REGION: &str = "us-east-1";
+/// The instance the happy path connects to; its endpoint name is in /etc/hosts.
+const INSTANCE: &str = "wfm-rds-test";
+
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn moto_server() -> PathBuf {
+    let path = std::env::var_os("WFM_TEST_MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/wfm-venv/bin/moto_server"));
+    assert!(path.exists(), "moto_server not found at {}: scripts/test.sh installs it (pinned) into ~/.cache/wfm-venv", path.display());
+    path
+}
+
+async fn start_moto() -> Moto {
+    let port = free_port().port();
+    let child = Command::new(moto_server())
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until("moto to listen", Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
+}
+
+fn client(moto: &Moto) -> aws_sdk_rds::Client {
+    let config = SdkConfig::builder()
+        .endpoint_url(&moto.endpoint)
+        .region(Region::new(REGION))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new("testing", "testing", None, None, "test")))
+        .behavior_version(BehaviorVersion::latest())
+        .build();
+    aws_sdk_rds::Client::new(&config)
+}
+
+async fn create_instance(moto: &Moto, id: &str, engine: &str, dbname: &str) {
+    client(moto)
+        .create_db_instance()
+        .db_instance_identifier(id)
+        .engine(engine)
+        .db_instance_class("db.t3.micro")
+        .allocated_storage(20)
+        .db_name(dbname)
+        .master_username("postgres")
+        .master_user_password("unused-password")
+        .send()
+        .await
+        .unwrap();
+}
+
+/// `wfm-worker bootstrap` against the RDS instance `id`, as an operator would
+/// configure it; the URL names no reachable host, only the user.
+async fn bootstrap_via_rds(env: &TestEnv, moto: &Moto, id: &str, credentials: bool) -> (bool, String) {
+    let mut command = worker_command(env);
+    command
+        .env("WFM_DATABASE_URL", "postgres://postgres@not-used.invalid/not-used")
+        .env("WFM_RDS_INSTANCE_ID", id)
+        .env("WFM_RDS_REGION", REGION)
+        .env("AWS_ENDPOINT_URL_RDS", &moto.endpoint)
+        // Keep the machine's own AWS settings out of it.
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    if credentials {
+        command.env("AWS_ACCESS_KEY_ID", "testing").env("AWS_SECRET_ACCESS_KEY", "testing");
+    }
+    let output = command.arg("bootstrap").output().await.unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn discovery_takes_host_port_and_database_from_rds_and_connects_there() {
+    let host = format!("{INSTANCE}.aaaaaaaaaa.{REGION}.rds.amazonaws.com");
+    let resolved: Vec<_> = tokio::net::lookup_host((host.as_str(), 5432)).await.map(|a| a.collect()).unwrap_or_default();
+    assert!(
+        resolved.iter().any(|a: &std::net::SocketAddr| a.ip().is_loopback()),
+        "{host} must resolve to 127.0.0.1 (scripts/test.sh adds it to /etc/hosts)"
+    );
+    let env = TestEnv::new().await;
+    let moto = start_moto().await;
+    create_instance(&moto, INSTANCE, "postgres", &env.db.name).await;
+
+    let (ok, stderr) = bootstrap_via_rds(&env, &moto, INSTANCE, true).await;
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("discovered RDS instance") && stderr.contains(&host), "{stderr}");
+    assert!(stderr.contains(&env.db.name), "the instance's database name is used: {stderr}");
+    assert!(!stderr.contains("unused-password") && !stderr.contains("testing"), "no secret logged: {stderr}");
+    let applied = env.db.count("SELECT count(*) FROM schema_migrations").await;
+    assert_eq!(applied, wfm_worker::store::MIGRATIONS.len() as i64, "the schema landed in the discovered database");
+}
+
+#[tokio::test]
+async fn discovery_refuses_unusable_instances_with_the_reason() {
+    let env = TestEnv::new().await;
+    let moto = start_moto().await;
+    create_instance(&moto, "wfm-mysql", "mysql", "wfm").await;
+    create_instance(&moto, "wfm-stopped", "postgres", "wfm").await;
+    client(&moto).stop_db_instance().db_instance_identifier("wfm-stopped").send().await.unwrap();
+
+    let cases = [
+        ("wfm-missing", true, "RDS instance wfm-missing (WFM_RDS_INSTANCE_ID) was not found"),
+        ("wfm-mysql", true, "runs mysql, not PostgreSQL"),
+        ("wfm-stopped", true, "is stopped, not available"),
+        ("wfm-mysql", false, "no AWS credentials"),
+    ];
+    for (id, credentials, reason) in cases {
+        let (ok, stderr) = bootstrap_via_rds(&env, &moto, id, credentials).await;
+        assert!(!ok, "{id}: start-up must fail");
+        assert!(stderr.contains(reason), "{id}: {stderr}");
+    }
+}
