@@ -13,7 +13,11 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_rds::config::{Credentials, SharedCredentialsProvider};
 use tokio::process::{Child, Command};
 
-use crate::support::{TestEnv, process::{free_port, worker_command}, wait_until};
+use crate::support::{
+    TestEnv,
+    process::{free_port, worker_command},
+    wait_until,
+};
 
 const REGION: &str = "us-east-1";
 /// The instance the happy path connects to; its endpoint name is in /etc/hosts.
@@ -33,8 +37,14 @@ impl Drop for Moto {
 fn moto_server() -> PathBuf {
     let path = std::env::var_os("WFM_TEST_MOTO_SERVER")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/wfm-venv/bin/moto_server"));
-    assert!(path.exists(), "moto_server not found at {}: scripts/test.sh installs it (pinned) into ~/.cache/wfm-venv", path.display());
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/wfm-venv/bin/moto_server")
+        });
+    assert!(
+        path.exists(),
+        "moto_server not found at {}: scripts/test.sh installs it (pinned) into ~/.cache/wfm-venv",
+        path.display()
+    );
     path
 }
 
@@ -48,17 +58,24 @@ async fn start_moto() -> Moto {
         .spawn()
         .unwrap();
     wait_until("moto to listen", Duration::from_secs(30), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
     })
     .await;
-    Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
+    Moto {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    }
 }
 
 fn client(moto: &Moto) -> aws_sdk_rds::Client {
     let config = SdkConfig::builder()
         .endpoint_url(&moto.endpoint)
         .region(Region::new(REGION))
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new("testing", "testing", None, None, "test")))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "testing", "testing", None, None, "test",
+        )))
         .behavior_version(BehaviorVersion::latest())
         .build();
     aws_sdk_rds::Client::new(&config)
@@ -81,10 +98,18 @@ async fn create_instance(moto: &Moto, id: &str, engine: &str, dbname: &str) {
 
 /// `wfm-worker bootstrap` against the RDS instance `id`, as an operator would
 /// configure it; the URL names no reachable host, only the user.
-async fn bootstrap_via_rds(env: &TestEnv, moto: &Moto, id: &str, credentials: bool) -> (bool, String) {
+async fn bootstrap_via_rds(
+    env: &TestEnv,
+    moto: &Moto,
+    id: &str,
+    credentials: bool,
+) -> (bool, String) {
     let mut command = worker_command(env);
     command
-        .env("WFM_DATABASE_URL", "postgres://postgres@not-used.invalid/not-used")
+        .env(
+            "WFM_DATABASE_URL",
+            "postgres://postgres@not-used.invalid/not-used",
+        )
         .env("WFM_RDS_INSTANCE_ID", id)
         .env("WFM_RDS_REGION", REGION)
         .env("AWS_ENDPOINT_URL_RDS", &moto.endpoint)
@@ -93,18 +118,28 @@ async fn bootstrap_via_rds(env: &TestEnv, moto: &Moto, id: &str, credentials: bo
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
         .env("AWS_EC2_METADATA_DISABLED", "true");
     if credentials {
-        command.env("AWS_ACCESS_KEY_ID", "testing").env("AWS_SECRET_ACCESS_KEY", "testing");
+        command
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing");
     }
     let output = command.arg("bootstrap").output().await.unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
 async fn discovery_takes_host_port_and_database_from_rds_and_connects_there() {
     let host = format!("{INSTANCE}.aaaaaaaaaa.{REGION}.rds.amazonaws.com");
-    let resolved: Vec<_> = tokio::net::lookup_host((host.as_str(), 5432)).await.map(|a| a.collect()).unwrap_or_default();
+    let resolved: Vec<_> = tokio::net::lookup_host((host.as_str(), 5432))
+        .await
+        .map(|a| a.collect())
+        .unwrap_or_default();
     assert!(
-        resolved.iter().any(|a: &std::net::SocketAddr| a.ip().is_loopback()),
+        resolved
+            .iter()
+            .any(|a: &std::net::SocketAddr| a.ip().is_loopback()),
         "{host} must resolve to 127.0.0.1 (scripts/test.sh adds it to /etc/hosts)"
     );
     let env = TestEnv::new().await;
@@ -113,11 +148,24 @@ async fn discovery_takes_host_port_and_database_from_rds_and_connects_there() {
 
     let (ok, stderr) = bootstrap_via_rds(&env, &moto, INSTANCE, true).await;
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("discovered RDS instance") && stderr.contains(&host), "{stderr}");
-    assert!(stderr.contains(&env.db.name), "the instance's database name is used: {stderr}");
-    assert!(!stderr.contains("unused-password") && !stderr.contains("testing"), "no secret logged: {stderr}");
+    assert!(
+        stderr.contains("discovered RDS instance") && stderr.contains(&host),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&env.db.name),
+        "the instance's database name is used: {stderr}"
+    );
+    assert!(
+        !stderr.contains("unused-password") && !stderr.contains("testing"),
+        "no secret logged: {stderr}"
+    );
     let applied = env.db.count("SELECT count(*) FROM schema_migrations").await;
-    assert_eq!(applied, wfm_worker::store::MIGRATIONS.len() as i64, "the schema landed in the discovered database");
+    assert_eq!(
+        applied,
+        wfm_worker::store::MIGRATIONS.len() as i64,
+        "the schema landed in the discovered database"
+    );
 }
 
 #[tokio::test]
@@ -126,10 +174,19 @@ async fn discovery_refuses_unusable_instances_with_the_reason() {
     let moto = start_moto().await;
     create_instance(&moto, "wfm-mysql", "mysql", "wfm").await;
     create_instance(&moto, "wfm-stopped", "postgres", "wfm").await;
-    client(&moto).stop_db_instance().db_instance_identifier("wfm-stopped").send().await.unwrap();
+    client(&moto)
+        .stop_db_instance()
+        .db_instance_identifier("wfm-stopped")
+        .send()
+        .await
+        .unwrap();
 
     let cases = [
-        ("wfm-missing", true, "RDS instance wfm-missing (WFM_RDS_INSTANCE_ID) was not found"),
+        (
+            "wfm-missing",
+            true,
+            "RDS instance wfm-missing (WFM_RDS_INSTANCE_ID) was not found",
+        ),
         ("wfm-mysql", true, "runs mysql, not PostgreSQL"),
         ("wfm-stopped", true, "is stopped, not available"),
         ("wfm-mysql", false, "no AWS credentials"),
