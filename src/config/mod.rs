@@ -11,6 +11,9 @@ use clap::Args;
 use lapin::uri::AMQPUri;
 
 pub use crate::store::tls::SslMode;
+pub use redact::{describe_amqp, describe_postgres};
+
+mod redact;
 
 /// Why a setting was refused. Each message names the environment variable.
 #[derive(Debug, thiserror::Error)]
@@ -339,141 +342,5 @@ fn non_zero(variable: &'static str, value: usize) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `user@host:port/vhost`: enough to recognise a broker in a log line, never the password.
-pub fn describe_amqp(uri: &AMQPUri) -> String {
-    format!(
-        "{}://{}@{}:{}/{}",
-        if matches!(uri.scheme, lapin::uri::AMQPScheme::AMQPS) {
-            "amqps"
-        } else {
-            "amqp"
-        },
-        uri.authority.userinfo.username,
-        uri.authority.host,
-        uri.authority.port,
-        uri.vhost
-    )
-}
-
-/// `user@host:port/dbname`: the PostgreSQL target without its password.
-pub fn describe_postgres(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "{}@{}:{}/{}",
-        config.get_user().unwrap_or("?"),
-        host,
-        port,
-        config.get_dbname().unwrap_or("?")
-    )
-}
-
-// AMQPUri's own Debug prints the password; this one must not.
-impl std::fmt::Debug for BrokerSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerSettings")
-            .field("uri", &describe_amqp(&self.uri))
-            .field("connection_name", &self.connection_name)
-            .field("topology", &self.topology)
-            .finish()
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn broker(url: &str) -> BrokerArgs {
-        BrokerArgs {
-            amqp_url: url.into(),
-            amqp_ca_file: None,
-            connection_name: "wfm-worker".into(),
-            exchange: "x".into(),
-            checkin_queue: "c".into(),
-            version_queue: "v".into(),
-            dead_letter_exchange: "d".into(),
-            dead_letter_queue: "dq".into(),
-        }
-    }
-
-    #[test]
-    fn broker_settings_debug_never_shows_the_password() {
-        let settings = broker("amqp://user:s3cret@host:5672/%2f")
-            .validate()
-            .unwrap();
-        let shown = format!("{settings:?}");
-        assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(shown.contains("user@host:5672"), "{shown}");
-    }
-
-    #[test]
-    fn unparseable_amqp_url_names_the_variable_without_echoing_it() {
-        let err = broker("amqp://user:s3cret@host:notaport/")
-            .validate()
-            .unwrap_err();
-        let shown = err.to_string();
-        assert!(shown.starts_with("WFM_AMQP_URL"), "{shown}");
-        assert!(!shown.contains("s3cret"), "{shown}");
-    }
-
-    #[test]
-    fn zero_pool_size_is_refused_naming_the_variable() {
-        let args = DatabaseArgs {
-            database_url: "postgres://postgres@localhost/wfm".into(),
-            pool_size: 0,
-            database_sslmode: SslMode::Disable,
-            database_ca_file: None,
-            rds_instance_id: None,
-            rds_region: None,
-            rds_iam_auth: false,
-        };
-        assert_eq!(
-            args.validate().unwrap_err().to_string(),
-            "WFM_POOL_SIZE must not be zero or empty"
-        );
-    }
-
-    #[test]
-    fn iam_auth_without_tls_is_refused_naming_the_variables() {
-        let args = DatabaseArgs {
-            database_url: "postgres://wfm@db/wfm".into(),
-            pool_size: 4,
-            database_sslmode: SslMode::Disable,
-            database_ca_file: None,
-            rds_instance_id: Some("db".into()),
-            rds_region: None,
-            rds_iam_auth: true,
-        };
-        let shown = args.validate().unwrap_err().to_string();
-        assert!(
-            shown.contains("WFM_RDS_IAM_AUTH") && shown.contains("WFM_DATABASE_SSLMODE"),
-            "{shown}"
-        );
-    }
-
-    #[test]
-    fn prefetch_below_batch_size_is_refused() {
-        let args = PipelineArgs {
-            prefetch: 10,
-            batch_size: 500,
-            batch_linger_ms: 5,
-            max_message_bytes: 1,
-            max_deliveries: 5,
-            shutdown_timeout_secs: 30,
-        };
-        assert!(matches!(
-            args.validate(),
-            Err(ConfigError::PrefetchBelowBatch { .. })
-        ));
-    }
-
-    #[test]
-    fn postgres_description_has_no_password() {
-        let config: tokio_postgres::Config = "postgres://u:pw@db:6543/wfm".parse().unwrap();
-        assert_eq!(describe_postgres(&config), "u@db:6543/wfm");
-    }
-}
+mod tests;
