@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use lapin::{
     BasicProperties, Channel, Confirmation,
     message::BasicGetMessage,
-    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
+    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions},
     types::{AMQPValue, FieldTable},
 };
 
@@ -152,14 +152,7 @@ pub async fn replay(
 ) -> Result<Replayed, BrokerError> {
     let connection = broker::connect(settings, "wfm-worker dlq").await?;
     let taking = open(&connection, "opening a channel").await?;
-    let publishing = open(&connection, "opening a channel").await?;
-    publishing
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|source| BrokerError::Channel {
-            doing: "enabling publisher confirms",
-            source,
-        })?;
+    let publishing = broker::confirm_channel(&connection).await?;
     let mut replayed = Replayed::default();
     while let Some(message) = get(&taking, &settings.topology.dead_letter_queue).await? {
         let entry = Entry::of(&message);

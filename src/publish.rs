@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use chrono::{SecondsFormat, Utc};
 use lapin::{
     BasicProperties, Channel, Confirmation, PublisherConfirm,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
+    options::BasicPublishOptions,
     types::{AMQPValue, FieldTable},
 };
 use serde_json::json;
@@ -133,20 +133,7 @@ pub async fn publish(
     documents: &[String],
 ) -> Result<Vec<String>, PublishError> {
     let connection = broker::connect(settings, "wfm-worker publish").await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|source| BrokerError::Channel {
-            doing: "opening a channel",
-            source,
-        })?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|source| BrokerError::Channel {
-            doing: "enabling publisher confirms",
-            source,
-        })?;
+    let channel = broker::confirm_channel(&connection).await?;
     let progress = indicatif::ProgressBar::new(documents.len() as u64);
     let mut ids = Vec::with_capacity(documents.len());
     let mut window = Vec::with_capacity(1000);

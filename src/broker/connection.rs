@@ -70,3 +70,17 @@ pub async fn open_consumer(
         .map_err(fail)?;
     Ok((channel, consumer))
 }
+
+/// A channel with publisher confirms on, for commands that publish.
+pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    let fail = |doing| move |source| BrokerError::Channel { doing, source };
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(fail("opening a channel"))?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .map_err(fail("enabling publisher confirms"))?;
+    Ok(channel)
+}

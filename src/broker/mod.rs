@@ -8,7 +8,7 @@ mod connection;
 mod dead_letter;
 mod topology;
 
-pub use connection::{connect, open_consumer};
+pub use connection::{confirm_channel, connect, open_consumer};
 pub use dead_letter::{DeadLetter, commit, headers as dead_letter_headers, publish_dead_letter};
 pub use topology::{CHECKIN_ROUTING_KEY, Plan, VERSION_ROUTING_KEY, declare_topology};
 

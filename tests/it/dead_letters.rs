@@ -13,20 +13,14 @@ use crate::support::{
 async fn a_message_failing_at_every_delivery_is_dead_lettered_after_the_limit_and_the_rest_is_stored()
  {
     let env = TestEnv::new().await;
-    wfm_worker::app::bootstrap(&env.db.settings())
-        .await
-        .unwrap();
     // Neither a data error nor a transient one: a raise from a trigger (class P0).
     env.db
-        .client()
-        .await
-        .batch_execute(
+        .bootstrap_then(
             "CREATE FUNCTION explode() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN IF NEW.data->>'marker' = 'explode' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$;
              CREATE TRIGGER explode BEFORE INSERT ON clusters_checkins FOR EACH ROW EXECUTE FUNCTION explode();",
         )
-        .await
-        .unwrap();
+        .await;
     let messages: Vec<Outgoing> = (0..50)
         .map(|i| {
             let marker = if i == 20 {

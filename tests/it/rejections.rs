@@ -209,16 +209,10 @@ async fn each_kind_of_bad_version_event_is_dead_lettered_with_its_reason() {
 #[tokio::test]
 async fn a_row_postgres_refuses_mid_batch_is_dead_lettered_and_the_other_499_are_stored() {
     let env = TestEnv::new().await;
-    wfm_worker::app::bootstrap(&env.db.settings())
-        .await
-        .unwrap();
     // A constraint of this test's own database makes PostgreSQL itself refuse one row.
     env.db
-        .client()
-        .await
-        .batch_execute("ALTER TABLE clusters_checkins ADD CONSTRAINT no_poison CHECK (data->>'marker' <> 'poison')")
-        .await
-        .unwrap();
+        .bootstrap_then("ALTER TABLE clusters_checkins ADD CONSTRAINT no_poison CHECK (data->>'marker' <> 'poison')")
+        .await;
     let messages: Vec<Outgoing> = (0..500)
         .map(|i| {
             let marker = if i == 250 {

@@ -40,6 +40,13 @@ impl TestDb {
         DatabaseSettings::plain(self.url().parse::<Config>().unwrap(), 4)
     }
 
+    /// Bootstraps the schema as the worker would, then runs `sql` on it (a
+    /// constraint or trigger this test needs).
+    pub async fn bootstrap_then(&self, sql: &str) {
+        wfm_worker::app::bootstrap(&self.settings()).await.unwrap();
+        self.client().await.batch_execute(sql).await.unwrap();
+    }
+
     pub async fn client(&self) -> Client {
         connect(&self.url()).await
     }
