@@ -15,7 +15,12 @@ fn worker(env: &TestEnv) -> Command {
 #[tokio::test]
 async fn the_binary_stores_what_is_published_and_exits_0_on_sigterm() {
     let env = TestEnv::new().await;
-    let mut child = worker(&env).arg("run").spawn().unwrap();
+    // Logs discarded: an unread pipe would fill and block the worker.
+    let mut child = worker(&env)
+        .arg("run")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     env.broker
         .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "bin")).id("b-1")])
         .await;

@@ -7,7 +7,7 @@
 //! Faults target this test's own connections only (a proxy of its own,
 //! connection names, its own database), so the suite still runs in parallel.
 
-use std::time::Duration;
+use std::{process::Stdio, time::Duration};
 
 use tokio::process::Child;
 
@@ -126,8 +126,14 @@ async fn database_connections_terminated_by_the_server_are_replaced() {
     worker.stop().await.unwrap();
 }
 
+/// The binary, its logs discarded: a pipe nobody reads would fill up and block
+/// the worker's log writes (and so the worker).
 async fn spawn_binary(env: &TestEnv) -> Child {
-    worker_command(env).arg("run").spawn().unwrap()
+    worker_command(env)
+        .arg("run")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 #[tokio::test]
