@@ -14,4 +14,5 @@ mod rejections;
 mod shutdown;
 mod support;
 mod tls;
+mod topology;
 mod versions;
