@@ -5,7 +5,9 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use crate::support::{
-    CLUSTER, Outgoing, TestEnv, checkin_body, process::worker_command, version_body,
+    CLUSTER, Outgoing, TestEnv, checkin_body,
+    process::{signal, worker_command},
+    version_body,
 };
 
 fn worker(env: &TestEnv) -> Command {
@@ -37,15 +39,7 @@ async fn the_binary_stores_what_is_published_and_exits_0_on_sigterm() {
         .await;
     env.wait_for_rows("SELECT count(*) FROM versions", 1).await;
 
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap()
-            .success()
-    );
+    signal(&child, "-TERM").await;
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("exits within the shutdown timeout")
@@ -108,15 +102,7 @@ async fn json_logs_are_one_object_per_line_and_name_each_dead_letter() {
         .publish_checkins(&[Outgoing::new("not json").id("bad-1")])
         .await;
     env.wait_for_dead_letters(1).await;
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap()
-            .success()
-    );
+    signal(&child, "-TERM").await;
     let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .unwrap()

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use crate::support::{
-    CLUSTER, Outgoing, RunningWorker, TestEnv, checkin_body, header, version_body,
+    CLUSTER, Outgoing, RunningWorker, TestEnv, broker::message_id, checkin_body, header,
+    version_body,
 };
 
 const OTHER: &str = "0f8e1c0d-9b7a-4f7e-9a3b-5e2a4d3c6c1f";
@@ -76,20 +77,7 @@ async fn each_kind_of_bad_checkin_is_dead_lettered_with_its_reason_and_the_rest_
         .await;
 
     let letters = env.broker.take_dead_letters().await;
-    let by_id: HashMap<String, _> = letters
-        .iter()
-        .map(|m| {
-            (
-                m.delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .unwrap()
-                    .to_string(),
-                m,
-            )
-        })
-        .collect();
+    let by_id: HashMap<String, _> = letters.iter().map(|m| (message_id(m), m)).collect();
     assert_eq!(
         by_id.len(),
         bad.len(),

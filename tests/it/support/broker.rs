@@ -198,6 +198,17 @@ pub async fn close_connection_named(name: &str) {
     }
 }
 
+/// The `message_id` of a message taken from a queue.
+pub fn message_id(message: &BasicGetMessage) -> String {
+    message
+        .delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .expect("a message id")
+        .to_string()
+}
+
 /// A header of a message as text, if present.
 pub fn header(message: &BasicGetMessage, name: &str) -> Option<String> {
     let headers = message.delivery.properties.headers().as_ref()?;
@@ -211,35 +222,28 @@ pub fn header(message: &BasicGetMessage, name: &str) -> Option<String> {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         let topology = self.topology.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let Ok(connection) =
-                    Connection::connect(AMQP_URL, ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                let channel = connection.create_channel().await.unwrap();
-                for queue in [
-                    &topology.checkin_queue,
-                    &topology.version_queue,
-                    &topology.dead_letter_queue,
-                ] {
-                    let _ = channel
-                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
-                    let _ = channel
-                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
-                }
-                let _ = connection.close(200, "".into()).await;
-            });
-        })
-        .join();
+        super::clean_up(async move {
+            let Ok(connection) =
+                Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+            else {
+                return;
+            };
+            let channel = connection.create_channel().await.unwrap();
+            for queue in [
+                &topology.checkin_queue,
+                &topology.version_queue,
+                &topology.dead_letter_queue,
+            ] {
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+            let _ = connection.close(200, "".into()).await;
+        });
     }
 }

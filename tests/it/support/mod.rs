@@ -22,6 +22,19 @@ use wfm_worker::{
 pub use broker::{Outgoing, TestBroker, header};
 pub use db::TestDb;
 
+/// Runs async clean-up from a `Drop`: Drop cannot await, a short-lived runtime
+/// on a thread of its own can.
+pub fn clean_up<F: Future<Output = ()> + Send + 'static>(work: F) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(work);
+    })
+    .join();
+}
+
 /// Worker logs in the test's captured output, when RUST_LOG asks for them.
 fn init_logs() {
     if let Ok(filter) = std::env::var("RUST_LOG") {

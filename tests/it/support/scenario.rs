@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use super::{Outgoing, TestEnv, checkin_body, wait_until};
+use super::{Outgoing, TestEnv, broker::message_id, checkin_body, wait_until};
 
 pub struct Scenario {
     pub messages: Vec<Outgoing>,
@@ -89,17 +89,7 @@ impl TestEnv {
         assert_eq!(stored, scenario.valid, "every valid checkin stored");
 
         let letters = self.broker.take_dead_letters().await;
-        let dead: Vec<String> = letters
-            .iter()
-            .map(|m| {
-                m.delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        let dead: Vec<String> = letters.iter().map(message_id).collect();
         assert_eq!(
             dead.len(),
             scenario.invalid.len(),
