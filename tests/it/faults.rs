@@ -202,3 +202,64 @@ async fn an_exhausted_reconnect_budget_ends_the_worker_with_an_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_left_on_a_read_only_node_is_replaced_and_the_batch_retried() {
+    let env = TestEnv::new().await;
+    // A failover that leaves the worker on a replica: every write is refused
+    // with 25006 (read_only_sql_transaction) until the "failover" ends. The
+    // trigger also counts the distinct backends that tried, in sequences (the
+    // one thing a rolled-back transaction does not undo).
+    env.db
+        .bootstrap_then(
+            "CREATE TABLE failover (on_replica boolean NOT NULL);
+             INSERT INTO failover VALUES (true);
+             CREATE SEQUENCE last_backend MINVALUE 0 START 0;
+             CREATE SEQUENCE backends_tried;
+             CREATE FUNCTION read_only() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF (SELECT on_replica FROM failover) THEN
+                 IF (SELECT last_value FROM last_backend) <> pg_backend_pid() THEN
+                   PERFORM nextval('backends_tried');
+                   PERFORM setval('last_backend', pg_backend_pid());
+                 END IF;
+                 RAISE EXCEPTION 'cannot execute INSERT in a read-only transaction' USING ERRCODE = '25006';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER read_only BEFORE INSERT ON clusters_checkins FOR EACH ROW EXECUTE FUNCTION read_only();",
+        )
+        .await;
+    let mut settings = env.settings();
+    // One pooled connection: a second backend means the first was retired.
+    settings.database.pool_size = 1;
+    let worker = RunningWorker::start(settings);
+    let body = crate::support::checkin_body(crate::support::CLUSTER, "after-failover");
+    env.broker
+        .publish_checkins(&[crate::support::Outgoing::new(body).id("f-1")])
+        .await;
+
+    let tried = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM backends_tried";
+    env.wait_for_rows(tried, 2).await;
+    assert_eq!(
+        env.stored().await,
+        0,
+        "nothing stored, nothing acked, while on the replica"
+    );
+    env.db
+        .client()
+        .await
+        .batch_execute("UPDATE failover SET on_replica = false")
+        .await
+        .unwrap();
+    env.wait_for_rows(
+        "SELECT count(*) FROM clusters_checkins WHERE message_id = 'f-1'",
+        1,
+    )
+    .await;
+    assert_eq!(
+        env.broker.ready(&env.broker.topology.checkin_queue).await,
+        0
+    );
+    worker.stop().await.unwrap();
+}
