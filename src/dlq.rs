@@ -122,12 +122,6 @@ impl Selection {
     }
 }
 
-/// What `replay` did (or, with a dry run, would do).
-#[derive(Debug, Default)]
-pub struct Replayed {
-    pub entries: Vec<Entry>,
-}
-
 /// Lists up to `limit` messages, leaving the queue as it was.
 pub async fn list(settings: &BrokerSettings, limit: usize) -> Result<Vec<Entry>, BrokerError> {
     let connection = broker::connect(settings, "wfm-worker dlq").await?;
@@ -144,16 +138,17 @@ pub async fn list(settings: &BrokerSettings, limit: usize) -> Result<Vec<Entry>,
     Ok(entries)
 }
 
-/// Replays the selected messages to the queues they came from.
+/// Replays the selected messages to the queues they came from; returns what
+/// was replayed (or, with a dry run, would be).
 pub async fn replay(
     settings: &BrokerSettings,
     selection: &Selection,
     dry_run: bool,
-) -> Result<Replayed, BrokerError> {
+) -> Result<Vec<Entry>, BrokerError> {
     let connection = broker::connect(settings, "wfm-worker dlq").await?;
     let taking = open(&connection, "opening a channel").await?;
     let publishing = broker::confirm_channel(&connection).await?;
-    let mut replayed = Replayed::default();
+    let mut replayed = Vec::new();
     while let Some(message) = get(&taking, &settings.topology.dead_letter_queue).await? {
         let entry = Entry::of(&message);
         if !selection.includes(&entry) || entry.queue.is_empty() {
@@ -171,7 +166,7 @@ pub async fn replay(
                     source,
                 })?;
         }
-        replayed.entries.push(entry);
+        replayed.push(entry);
     }
     let _ = connection.close(200, "replayed".into()).await;
     Ok(replayed)

@@ -49,12 +49,6 @@ impl Readiness {
     pub fn consuming_started(&self) {
         self.consuming.fetch_add(1, Ordering::Relaxed);
     }
-
-    pub fn consuming_stopped(&self) {
-        let _ = self
-            .consuming
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    }
 }
 
 #[derive(Clone)]

@@ -106,7 +106,7 @@ async fn dead_letters(command: DlqCommand) -> anyhow::Result<()> {
             } else {
                 "replayed"
             };
-            (replayed.entries, Some(verb))
+            (replayed, Some(verb))
         }
     };
     println!("{:<38} {:<24} {:>5}  REASON", "MESSAGE ID", "QUEUE", "AGE");

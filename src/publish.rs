@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use lapin::{
     BasicProperties, Channel, Confirmation, PublisherConfirm,
     options::BasicPublishOptions,
@@ -206,9 +206,4 @@ async fn confirmed(number: usize, confirm: PublisherConfirm) -> Result<(), Publi
         Confirmation::Nack(_) => Err(not_confirmed("the broker nacked it".into())),
         Confirmation::NotRequested => Err(not_confirmed("confirms are off".into())),
     }
-}
-
-/// The current time, as `--released` defaults to.
-pub fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
 }
