@@ -133,6 +133,9 @@ async fn list_shows_dead_letters_and_replay_returns_them_to_their_queue_once_con
             || hopeless.contains("invalid: a checkin must be a JSON object"),
         "{hopeless}"
     );
+    // Messages taken and not acked go back when the command's connection
+    // closes; the broker requeues them asynchronously.
+    env.wait_for_dead_letters(2).await;
     assert_eq!(
         env.broker
             .ready(&env.broker.topology.dead_letter_queue)
@@ -146,6 +149,9 @@ async fn list_shows_dead_letters_and_replay_returns_them_to_their_queue_once_con
         .await
         .unwrap();
     assert_eq!(stdout(&dry).lines().count(), 3, "header and two rows");
+    // Messages taken and not acked go back when the command's connection
+    // closes; the broker requeues them asynchronously.
+    env.wait_for_dead_letters(2).await;
     assert_eq!(
         env.broker
             .ready(&env.broker.topology.dead_letter_queue)
