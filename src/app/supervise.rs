@@ -12,6 +12,8 @@ use crate::pipeline::PipelineError;
 /// failure), then stops the rest and gives them `timeout` to finish their
 /// batches. When a task failed, or time runs out, batches still retrying are
 /// abandoned: their deliveries cannot be acked any more and will be redelivered.
+/// After a failure the rest get [`AFTER_FAILURE`] only: nothing they finish can
+/// be acked on a failed connection, and waiting would only delay the reconnect.
 pub(super) async fn supervise(
     mut tasks: JoinSet<Result<(), PipelineError>>,
     stop: &CancellationToken,
@@ -19,12 +21,14 @@ pub(super) async fn supervise(
     timeout: Duration,
 ) -> Result<(), RunError> {
     let mut first_error = None;
+    let mut timeout = timeout;
     tokio::select! {
         () = stop.cancelled() => {}
         Some(joined) = tasks.join_next() => {
             first_error = failure(joined);
             stop.cancel();
             abandon.cancel();
+            timeout = timeout.min(AFTER_FAILURE);
         }
     }
     let drained = tokio::time::timeout(timeout, async {
@@ -41,6 +45,9 @@ pub(super) async fn supervise(
     }
     first_error.map_or(Ok(()), Err)
 }
+
+/// How long the other tasks of a failed connection get to wind up.
+const AFTER_FAILURE: Duration = Duration::from_secs(3);
 
 fn failure(joined: Result<Result<(), PipelineError>, JoinError>) -> Option<RunError> {
     match joined {

@@ -71,7 +71,12 @@ pub async fn commit(channel: &Channel) -> Result<(), BrokerError> {
         doing: "committing a batch",
         source,
     };
-    channel.tx_commit().await.map_err(fail)?;
+    // A connection that died without a word must not leave the commit pending
+    // forever: the answer takes one round trip; a minute is far beyond it.
+    tokio::time::timeout(COMMIT_TIMEOUT, channel.tx_commit())
+        .await
+        .map_err(|_| BrokerError::ChannelClosed("committing a batch (no answer)"))?
+        .map_err(fail)?;
     let returned = channel.wait_for_confirms().await.map_err(fail)?;
     if !returned.is_empty() {
         tracing::error!(
@@ -84,6 +89,8 @@ pub async fn commit(channel: &Channel) -> Result<(), BrokerError> {
     }
     Ok(())
 }
+
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn annotate(letter: &DeadLetter<'_>) -> FieldTable {
     let mut table = letter.properties.headers().clone().unwrap_or_default();
