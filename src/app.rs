@@ -13,14 +13,15 @@ mod supervise;
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
+use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{self, BrokerError},
+    broker::{self, BrokerError, DeadLetters},
     config::{DatabaseSettings, Settings, Topology, describe_amqp, describe_postgres},
-    http::{self, Readiness},
-    pipeline::{PipelineError, QueueContext, QueueKind, run_queue},
+    http,
+    pipeline::{PipelineError, QueueContext, QueueKind, QueueMetrics, run_queue},
+    readiness::Readiness,
     store::{self, BootstrapError, ErrorClass, Pool},
 };
 
@@ -106,6 +107,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     );
     let pool = store::connect_pool(&settings.database).await?;
     let readiness = Arc::new(Readiness::default());
+    // The recorder first: handles registered before it exists record nothing.
+    http::metrics_handle();
+    let queues = Queues::register(&settings.broker.topology);
     let serving = shutdown.child_token();
     let server = match settings.http_addr {
         Some(addr) => Some(
@@ -125,8 +129,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         readiness.set_bootstrapped();
         let mut retry = Retry::new(&settings, &shutdown, "consume");
         loop {
-            let Err(error) = consume(&settings, &pool, &readiness, &shutdown, &mut retry).await
-            else {
+            let worker = Worker {
+                settings: &settings,
+                pool: &pool,
+                readiness: &readiness,
+                queues: &queues,
+                shutdown: &shutdown,
+            };
+            let Err(error) = worker.consume(&mut retry).await else {
                 return Ok(());
             };
             if !retry.after(error).await? {
@@ -201,61 +211,142 @@ fn backoff(attempt: u32) -> Duration {
     ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-/// One broker connection's life: topology, consumers, supervision. Returns Ok
-/// only on shutdown.
-async fn consume(
-    settings: &Settings,
-    pool: &Pool,
-    readiness: &Readiness,
-    shutdown: &CancellationToken,
-    retry: &mut Retry<'_>,
-) -> Result<(), RunError> {
-    let topology = &settings.broker.topology;
-    let connection = broker::connect(&settings.broker, &settings.broker.connection_name).await?;
-    readiness.set_broker_connected(true);
-    let setup = connection
-        .create_channel()
-        .await
-        .map_err(|source| BrokerError::Channel {
-            doing: "opening the topology channel",
-            source,
-        })?;
-    broker::declare_topology(&setup, topology).await?;
+/// The two work queues, with their metrics (registered once, at zero).
+struct Queues([(QueueKind, String, Arc<QueueMetrics>); 2]);
 
-    let stop = shutdown.child_token();
-    let abandon = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (kind, queue) in [
-        (QueueKind::Checkins, &topology.checkin_queue),
-        (QueueKind::Versions, &topology.version_queue),
-    ] {
-        let (channel, consumer) =
-            broker::open_consumer(&connection, queue, settings.pipeline.prefetch).await?;
-        let context = QueueContext {
-            kind,
-            queue: queue.clone(),
-            pool: pool.clone(),
-            dead_letter_exchange: topology.dead_letter_exchange.clone(),
-            settings: settings.pipeline.clone(),
-            abandon: abandon.clone(),
-        };
-        tasks.spawn(run_queue(context, channel, consumer, stop.clone()));
-        readiness.consuming_started();
+impl Queues {
+    fn register(topology: &Topology) -> Queues {
+        let queue =
+            |kind, name: &String| (kind, name.clone(), Arc::new(QueueMetrics::register(name)));
+        Queues([
+            queue(QueueKind::Checkins, &topology.checkin_queue),
+            queue(QueueKind::Versions, &topology.version_queue),
+        ])
     }
-    retry.reset();
-    tracing::info!(broker = %describe_amqp(&settings.broker.uri), "connected and consuming");
-    let sampler = tokio::spawn(sample_gauges(
-        setup,
-        pool.clone(),
-        topology.clone(),
-        stop.clone(),
-    ));
-    let result = supervise::supervise(tasks, &stop, &abandon, settings.shutdown_timeout).await;
-    stop.cancel();
-    let _ = sampler.await;
-    readiness.set_broker_connected(false);
-    let _ = connection.close(200, "worker stopped".into()).await;
-    result
+}
+
+/// What one broker connection's life needs.
+struct Worker<'a> {
+    settings: &'a Settings,
+    pool: &'a Pool,
+    readiness: &'a Arc<Readiness>,
+    queues: &'a Queues,
+    shutdown: &'a CancellationToken,
+}
+
+impl Worker<'_> {
+    /// One broker connection's life (and its dead-letter connection's):
+    /// topology, consumers, supervision. Returns Ok only on shutdown.
+    async fn consume(&self, retry: &mut Retry<'_>) -> Result<(), RunError> {
+        let broker = &self.settings.broker;
+        let connection = broker::connect(broker, &broker.connection_name).await?;
+        let dead_letter_name = format!("{} dead letters", broker.connection_name);
+        let dead_letter_connection = match broker::connect(broker, &dead_letter_name).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                let _ = connection.close(200, "worker stopped".into()).await;
+                return Err(error.into());
+            }
+        };
+        self.readiness.set_broker_connected(true);
+        let result = self
+            .consume_on(&connection, &dead_letter_connection, retry)
+            .await;
+        self.readiness.set_broker_connected(false);
+        let _ = connection.close(200, "worker stopped".into()).await;
+        let _ = dead_letter_connection
+            .close(200, "worker stopped".into())
+            .await;
+        result
+    }
+
+    async fn consume_on(
+        &self,
+        connection: &Connection,
+        dead_letter_connection: &Connection,
+        retry: &mut Retry<'_>,
+    ) -> Result<(), RunError> {
+        let topology = &self.settings.broker.topology;
+        broker::declare_topology(connection, topology).await?;
+        let dead_letters =
+            DeadLetters::open(dead_letter_connection, &topology.dead_letter_exchange).await?;
+        let stop = self.shutdown.child_token();
+        let abandon = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (kind, queue, metrics) in &self.queues.0 {
+            let (channel, consumer) =
+                broker::open_consumer(connection, queue, self.settings.pipeline.prefetch).await?;
+            let context = QueueContext {
+                kind: *kind,
+                queue: queue.clone(),
+                pool: self.pool.clone(),
+                dead_letters: dead_letters.clone(),
+                settings: self.settings.pipeline.clone(),
+                readiness: self.readiness.clone(),
+                metrics: metrics.clone(),
+                abandon: abandon.clone(),
+                shutdown: stop.clone(),
+            };
+            tasks.spawn(run_queue(context, channel, consumer));
+        }
+        tasks.spawn(watch_dead_letters(
+            dead_letter_connection,
+            self.readiness.clone(),
+            stop.clone(),
+        ));
+        retry.reset();
+        tracing::info!(broker = %describe_amqp(&self.settings.broker.uri), "connected and consuming");
+        let setup = connection
+            .create_channel()
+            .await
+            .map_err(|source| BrokerError::Channel {
+                doing: "opening the sampling channel",
+                source,
+            })?;
+        let sampler = tokio::spawn(sample_gauges(
+            setup,
+            self.pool.clone(),
+            topology.clone(),
+            stop.clone(),
+        ));
+        let result =
+            supervise::supervise(tasks, &stop, &abandon, self.settings.shutdown_timeout).await;
+        stop.cancel();
+        let _ = sampler.await;
+        result
+    }
+}
+
+/// Follows the dead-letter connection: alarms (blocked / unblocked) into
+/// readiness and `wfm_broker_blocked`; its failure ends this connection's life
+/// (every copy would fail), so the worker reconnects both.
+fn watch_dead_letters(
+    connection: &Connection,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) -> impl Future<Output = Result<(), PipelineError>> + Send + 'static {
+    let blocked = metrics::gauge!("wfm_broker_blocked");
+    let gauge = blocked.clone();
+    let watching = broker::watch_blocking(connection, move |reason| {
+        if let Some(reason) = reason {
+            tracing::warn!(
+                reason,
+                "the broker blocks publishing (resource alarm); dead-letter copies wait, consumption goes on"
+            );
+        } else {
+            tracing::info!("the broker publishes again");
+        }
+        gauge.set(if reason.is_some() { 1.0 } else { 0.0 });
+        readiness.set_blocked(reason);
+    });
+    async move {
+        let result = tokio::select! {
+            () = stop.cancelled() => Ok(()),
+            error = watching => Err(PipelineError::Broker(error)),
+        };
+        blocked.set(0.0);
+        result
+    }
 }
 
 /// Gauges no event updates: pool connections, and each queue's depth and

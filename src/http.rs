@@ -8,10 +8,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
@@ -21,35 +18,13 @@ use serde_json::json;
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Pool;
-
-/// What readiness needs to know, updated by the worker as it starts and runs.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    bootstrapped: AtomicBool,
-    broker_connected: AtomicBool,
-    consuming: AtomicUsize,
-}
+use crate::{
+    readiness::{QueueState, Readiness},
+    store::Pool,
+};
 
 /// Queues a ready worker consumes.
 const QUEUES: usize = 2;
-
-impl Readiness {
-    pub fn set_bootstrapped(&self) {
-        self.bootstrapped.store(true, Ordering::Relaxed);
-    }
-
-    pub fn set_broker_connected(&self, connected: bool) {
-        self.broker_connected.store(connected, Ordering::Relaxed);
-        if !connected {
-            self.consuming.store(0, Ordering::Relaxed);
-        }
-    }
-
-    pub fn consuming_started(&self) {
-        self.consuming.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 #[derive(Clone)]
 struct AppState {
@@ -142,19 +117,37 @@ async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let r = &state.readiness;
-    let bootstrapped = r.bootstrapped.load(Ordering::Relaxed);
-    let broker = r.broker_connected.load(Ordering::Relaxed);
-    let consuming = r.consuming.load(Ordering::Relaxed);
+    let r = state.readiness.snapshot();
+    let consuming = r
+        .queues
+        .values()
+        .filter(|q| **q == QueueState::Consuming)
+        .count();
     let database = database_check(&state.pool).await;
-    let ready = bootstrapped && broker && consuming == QUEUES && database.is_ok();
+    let ready = r.bootstrapped && r.broker_connected && consuming == QUEUES && database.is_ok();
+    let queues: serde_json::Map<String, serde_json::Value> = r
+        .queues
+        .iter()
+        .map(|(queue, s)| {
+            let s = match s {
+                QueueState::Consuming => "consuming".to_owned(),
+                QueueState::Paused(reason) => format!("paused: {reason}"),
+            };
+            (queue.clone(), s.into())
+        })
+        .collect();
     let body = json!({
         "ready": ready,
         "checks": {
-            "bootstrap": if bootstrapped { "ok" } else { "pending" },
+            "bootstrap": if r.bootstrapped { "ok" } else { "pending" },
             "database": database.err().unwrap_or_else(|| "ok".to_owned()),
-            "broker": if broker { "ok" } else { "disconnected" },
+            "broker": if r.broker_connected { "ok" } else { "disconnected" },
             "consuming": format!("{consuming} of {QUEUES} queues"),
+            "queues": queues,
+            "dead_letters": match &r.blocked {
+                None => "ok".to_owned(),
+                Some(reason) => format!("waiting: the broker blocks publishing ({reason})"),
+            },
         }
     });
     let status = if ready {

@@ -16,6 +16,7 @@ pub mod http;
 pub mod message;
 pub mod pipeline;
 pub mod publish;
+pub mod readiness;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

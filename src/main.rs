@@ -81,7 +81,11 @@ async fn publish(command: PublishCommand) -> anyhow::Result<()> {
             (publish::Kind::Checkin, documents, args.limits, args.broker)
         }
     };
-    publish::validate(kind, &documents, limits.max_message_bytes)?;
+    let limits = wfm_worker::message::Limits {
+        max_bytes: limits.max_message_bytes,
+        ..Default::default()
+    };
+    publish::validate(kind, &documents, &limits)?;
     let ids = publish::publish(&broker.validate()?, kind, &documents).await?;
     // The message ids on stdout, one per line: scripts can record them.
     for id in ids {

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::{
     broker::{self, BrokerError, CHECKIN_ROUTING_KEY, VERSION_ROUTING_KEY},
     config::BrokerSettings,
-    message::{Checkin, Envelope, Rejection, VersionEvent},
+    message::{Checkin, Envelope, Limits, Rejection, VersionEvent},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,7 @@ impl Kind {
 }
 
 /// Checks every document with the worker's rules; nothing is published unless all pass.
-pub fn validate(kind: Kind, documents: &[String], max_bytes: usize) -> Result<(), PublishError> {
+pub fn validate(kind: Kind, documents: &[String], limits: &Limits) -> Result<(), PublishError> {
     let received_at = Utc::now();
     for (i, document) in documents.iter().enumerate() {
         let envelope = Envelope {
@@ -114,8 +114,8 @@ pub fn validate(kind: Kind, documents: &[String], max_bytes: usize) -> Result<()
             received_at,
         };
         let parsed = match kind {
-            Kind::Checkin => Checkin::parse(&envelope, max_bytes).map(drop),
-            Kind::Version => VersionEvent::parse(&envelope, max_bytes).map(drop),
+            Kind::Checkin => Checkin::parse(&envelope, limits).map(drop),
+            Kind::Version => VersionEvent::parse(&envelope, limits).map(drop),
         };
         parsed.map_err(|rejection| PublishError::Invalid {
             number: i + 1,

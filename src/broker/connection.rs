@@ -1,8 +1,12 @@
-//! Connecting, and opening one consumer per queue on a channel of its own (so a
-//! queue's prefetch and acks never interfere with another's).
+//! Connecting, opening one consumer per queue on a channel of its own (so a
+//! queue's prefetch and acks never interfere with another's), and following a
+//! connection's health.
 
+use std::time::Duration;
+
+use futures_util::StreamExt;
 use lapin::{
-    Channel, Connection, ConnectionProperties, Consumer,
+    Channel, Connection, ConnectionProperties, Consumer, Event,
     options::{BasicConsumeOptions, BasicQosOptions},
     tcp::OwnedTLSConfig,
     types::FieldTable,
@@ -10,6 +14,10 @@ use lapin::{
 
 use super::BrokerError;
 use crate::config::{BrokerSettings, describe_amqp};
+
+/// Longest a connection attempt may take (TCP, TLS, AMQP handshake): a node
+/// that does not answer is given up quickly.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens a connection named `name` (visible in `rabbitmqctl list_connections`
 /// and the management UI). `amqps://` URLs use rustls, trusting the CAs of
@@ -35,15 +43,19 @@ pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection
         cert_chain,
     };
     let runtime = lapin::runtime::default_runtime().map_err(fail)?;
-    Connection::connect_uri_with_config(uri.clone(), properties, tls, runtime)
-        .await
-        .map_err(fail)
+    let connecting = Connection::connect_uri_with_config(uri.clone(), properties, tls, runtime);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(connected) => connected.map_err(fail),
+        Err(_) => Err(fail(lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {CONNECT_TIMEOUT:?}"),
+        )))),
+    }
 }
 
 /// A channel with `prefetch` unacknowledged deliveries at most, consuming `queue`
 /// with manual acks. The prefetch is also the memory bound: lapin buffers
-/// whatever the broker sends. The channel is in transaction mode: its acks,
-/// nacks and publishes take effect only when committed.
+/// whatever the broker sends.
 pub async fn open_consumer(
     connection: &Connection,
     queue: &str,
@@ -58,7 +70,6 @@ pub async fn open_consumer(
         .basic_qos(prefetch, BasicQosOptions::default())
         .await
         .map_err(fail)?;
-    channel.tx_select().await.map_err(fail)?;
     let consumer = channel
         .basic_consume(
             queue.into(),
@@ -71,7 +82,7 @@ pub async fn open_consumer(
     Ok((channel, consumer))
 }
 
-/// A channel with publisher confirms on, for commands that publish.
+/// A channel with publisher confirms on, for what publishes.
 pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
     let fail = |doing| move |source| BrokerError::Channel { doing, source };
     let channel = connection
@@ -83,4 +94,34 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerE
         .await
         .map_err(fail("enabling publisher confirms"))?;
     Ok(channel)
+}
+
+/// Follows `connection`'s `connection.blocked` / `connection.unblocked`
+/// notifications (a resource alarm on the broker) into `on_change` (`Some`
+/// reason while blocked), until the connection fails: then ends with its error.
+pub fn watch_blocking(
+    connection: &Connection,
+    on_change: impl Fn(Option<&str>) + Send + 'static,
+) -> impl Future<Output = BrokerError> + Send + 'static {
+    let mut events = connection.events_listener();
+    let blocked = connection.status().blocked();
+    async move {
+        if blocked {
+            on_change(Some("blocked"));
+        }
+        while let Some(event) = events.next().await {
+            match event {
+                Event::ConnectionBlocked(reason) => on_change(Some(&reason)),
+                Event::ConnectionUnblocked => on_change(None),
+                Event::Error(source) => {
+                    return BrokerError::Channel {
+                        doing: "keeping the dead-letter connection",
+                        source,
+                    };
+                }
+                _ => {}
+            }
+        }
+        BrokerError::ChannelClosed("keeping the dead-letter connection")
+    }
 }

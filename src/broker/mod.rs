@@ -1,5 +1,5 @@
-//! RabbitMQ: the connection, the topology the worker declares, consumers on
-//! transactional channels, and dead-letter copies.
+//! RabbitMQ: the connections, the topology the worker declares, consumers, and
+//! dead-letter copies.
 //!
 //! This module never decides whether to ack: it hands deliveries up and
 //! publishes what it is told to. Acknowledgement is the pipeline's alone.
@@ -8,9 +8,13 @@ mod connection;
 mod dead_letter;
 mod topology;
 
-pub use connection::{confirm_channel, connect, open_consumer};
-pub use dead_letter::{DeadLetter, commit, headers as dead_letter_headers, publish_dead_letter};
-pub use topology::{CHECKIN_ROUTING_KEY, Plan, VERSION_ROUTING_KEY, declare_topology};
+pub use connection::{confirm_channel, connect, open_consumer, watch_blocking};
+pub use dead_letter::{
+    CopyRefused, DeadLetter, DeadLetters, confirmed, encoded_len, headers as dead_letter_headers,
+};
+pub use topology::{CHECKIN_ROUTING_KEY, Exchange, Plan, VERSION_ROUTING_KEY, declare_topology};
+
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 
 /// A broker failure, naming what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -41,34 +45,54 @@ pub enum BrokerError {
     },
     #[error("broker channel is closed; could not finish {0}")]
     ChannelClosed(&'static str),
-    #[error("broker did not confirm the dead-letter copy: {0}")]
+    #[error("the broker did not confirm {0}")]
     NotConfirmed(&'static str),
 }
 
 impl BrokerError {
-    /// Whether a new connection can cure it. A declaration the broker refuses
-    /// (PRECONDITION_FAILED: a queue with other arguments; ACCESS_REFUSED) and
-    /// refused credentials fail the same way every time.
+    /// Whether a new connection can cure it — the one list of what is final.
+    ///
+    /// Final: refused credentials or vhost (connecting), and what the broker
+    /// refuses to declare or consume (406 PRECONDITION_FAILED: a queue with other
+    /// arguments; 403 ACCESS_REFUSED; 530 NOT_ALLOWED): they fail the same way
+    /// every time. Everything that happens to a channel *while working* is
+    /// recoverable, 406 included: the broker closes a channel whose delivery
+    /// stayed unacknowledged past `consumer_timeout` ("delivery acknowledgement
+    /// on channel N timed out") or whose transaction failed ("partial tx
+    /// completion"); a new connection gets the deliveries redelivered.
     pub fn is_transient(&self) -> bool {
-        let source = match self {
-            Self::Connect { source, .. }
-            | Self::Declare { source, .. }
-            | Self::Consume { source, .. }
-            | Self::Channel { source, .. } => source,
-            Self::ChannelClosed(_) | Self::NotConfirmed(_) => return true,
-        };
-        match source.kind() {
-            lapin::ErrorKind::ProtocolError(e) => !matches!(
-                e.kind(),
-                lapin::protocol::AMQPErrorKind::Soft(
-                    lapin::protocol::AMQPSoftError::PRECONDITIONFAILED
-                        | lapin::protocol::AMQPSoftError::ACCESSREFUSED
-                ) | lapin::protocol::AMQPErrorKind::Hard(
-                    lapin::protocol::AMQPHardError::NOTALLOWED
-                )
-            ),
-            lapin::ErrorKind::AuthProviderError(_) => false,
-            _ => true,
+        match self {
+            Self::Connect { source, .. } => !refused(source),
+            Self::Declare { source, .. } | Self::Consume { source, .. } => {
+                !refused(source) && !precondition_failed(source)
+            }
+            Self::Channel { .. } | Self::ChannelClosed(_) | Self::NotConfirmed(_) => true,
         }
     }
+}
+
+fn protocol_error(error: &lapin::Error) -> Option<AMQPErrorKind> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some(e.kind().clone()),
+        _ => None,
+    }
+}
+
+fn refused(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::AuthProviderError(_))
+        || matches!(
+            protocol_error(error),
+            Some(
+                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                    | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+            )
+        )
+}
+
+/// 406: an inequivalent declaration (or, while working, a consumer time-out).
+pub fn precondition_failed(error: &lapin::Error) -> bool {
+    matches!(
+        protocol_error(error),
+        Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
 }

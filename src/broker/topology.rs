@@ -1,22 +1,30 @@
 //! The exchanges and queues, declared idempotently at every start.
 //!
 //! Work queues are quorum queues (replicated, and they count redeliveries in
-//! `x-delivery-count`), and dead-letter to the dead-letter exchange. A queue that
-//! already exists with other arguments makes the broker refuse the declaration
-//! (406 PRECONDITION_FAILED, "inequivalent arg"): start-up stops with that reason.
+//! `x-delivery-count`), and dead-letter to the dead-letter exchange. The
+//! dead-letter exchange has an alternate exchange (fanout) with a queue of its
+//! own: a copy no binding takes (someone unbound or deleted the dead-letter
+//! queue) lands there instead of being returned. A queue that already exists
+//! with other arguments makes the broker refuse the declaration (406
+//! PRECONDITION_FAILED, "inequivalent arg"): start-up stops with that reason.
+//!
+//! A dead-letter exchange declared by an earlier version has no alternate
+//! exchange, and redeclaring it with one is refused the same way. That one
+//! refusal is tolerated with a warning: copies stay safe without it (an
+//! unroutable copy is returned, and its original handed back, never acked).
 //!
 //! The topology is data first ([`Plan`]): the worker declares it, and
 //! `config/rabbitmq-definitions.json` is the same plan in RabbitMQ's definitions
 //! format (a test keeps the two equal).
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
 use serde_json::{Value, json};
 
-use super::BrokerError;
+use super::{BrokerError, precondition_failed};
 use crate::config::Topology;
 
 pub const CHECKIN_ROUTING_KEY: &str = "cluster.checkin";
@@ -24,11 +32,19 @@ pub const VERSION_ROUTING_KEY: &str = "version.publish";
 /// The dead-letter queue takes every routing key.
 const DEAD_LETTER_BINDING: &str = "#";
 
+/// A durable exchange: topic, or fanout for the alternate exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub name: String,
+    pub fanout: bool,
+    /// `alternate-exchange`: where messages no binding takes go.
+    pub alternate: Option<String>,
+}
+
 /// Everything the worker declares, in declaration order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// Durable topic exchanges.
-    pub exchanges: Vec<String>,
+    pub exchanges: Vec<Exchange>,
     /// Durable quorum queues, with the exchange they dead-letter to.
     pub queues: Vec<(String, Option<String>)>,
     /// (queue, exchange, routing key).
@@ -37,30 +53,38 @@ pub struct Plan {
 
 impl Plan {
     pub fn of(t: &Topology) -> Plan {
+        let topic = |name: &str, alternate: Option<String>| Exchange {
+            name: name.to_owned(),
+            fanout: false,
+            alternate,
+        };
         let dlx = Some(t.dead_letter_exchange.clone());
+        let binding = |q: &str, x: &str, key: &str| (q.to_owned(), x.to_owned(), key.to_owned());
         Plan {
-            exchanges: vec![t.exchange.clone(), t.dead_letter_exchange.clone()],
+            exchanges: vec![
+                Exchange {
+                    name: t.unrouted_exchange(),
+                    fanout: true,
+                    alternate: None,
+                },
+                topic(&t.dead_letter_exchange, Some(t.unrouted_exchange())),
+                topic(&t.exchange, None),
+            ],
             queues: vec![
+                (t.unrouted_queue(), None),
                 (t.dead_letter_queue.clone(), None),
                 (t.checkin_queue.clone(), dlx.clone()),
                 (t.version_queue.clone(), dlx),
             ],
             bindings: vec![
-                (
-                    t.dead_letter_queue.clone(),
-                    t.dead_letter_exchange.clone(),
-                    DEAD_LETTER_BINDING.into(),
+                binding(&t.unrouted_queue(), &t.unrouted_exchange(), ""),
+                binding(
+                    &t.dead_letter_queue,
+                    &t.dead_letter_exchange,
+                    DEAD_LETTER_BINDING,
                 ),
-                (
-                    t.checkin_queue.clone(),
-                    t.exchange.clone(),
-                    CHECKIN_ROUTING_KEY.into(),
-                ),
-                (
-                    t.version_queue.clone(),
-                    t.exchange.clone(),
-                    VERSION_ROUTING_KEY.into(),
-                ),
+                binding(&t.checkin_queue, &t.exchange, CHECKIN_ROUTING_KEY),
+                binding(&t.version_queue, &t.exchange, VERSION_ROUTING_KEY),
             ],
         }
     }
@@ -70,10 +94,14 @@ impl Plan {
         let exchanges: Vec<Value> = self
             .exchanges
             .iter()
-            .map(|name| {
+            .map(|x| {
+                let arguments = match &x.alternate {
+                    Some(alternate) => json!({"alternate-exchange": alternate}),
+                    None => json!({}),
+                };
                 json!({
-                    "name": name, "vhost": vhost, "type": "topic", "durable": true,
-                    "auto_delete": false, "internal": false, "arguments": {}
+                    "name": x.name, "vhost": vhost, "type": if x.fanout { "fanout" } else { "topic" },
+                    "durable": true, "auto_delete": false, "internal": false, "arguments": arguments
                 })
             })
             .collect();
@@ -98,19 +126,44 @@ impl Plan {
     }
 }
 
-/// Declares everything the worker and its publishers rely on.
-pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
+/// Declares everything the worker and its publishers rely on, on a channel of
+/// its own (closed afterwards).
+pub async fn declare_topology(
+    connection: &Connection,
+    topology: &Topology,
+) -> Result<(), BrokerError> {
     let plan = Plan::of(topology);
+    let mut channel = open(connection).await?;
     for exchange in &plan.exchanges {
-        declare_exchange(channel, exchange).await?;
+        match declare_exchange(&channel, exchange).await {
+            Err(BrokerError::Declare { source, .. })
+                if exchange.alternate.is_some() && precondition_failed(&source) =>
+            {
+                tracing::warn!(exchange = %exchange.name, alternate = ?exchange.alternate, "the dead-letter exchange exists without an alternate exchange; unroutable copies are handed back instead (set the alternate-exchange with a policy to keep them)");
+                // The refusal closed the channel.
+                channel = open(connection).await?;
+            }
+            other => other?,
+        }
     }
     for (queue, dead_letter_exchange) in &plan.queues {
-        declare_queue(channel, queue, quorum(dead_letter_exchange.as_deref())).await?;
+        declare_queue(&channel, queue, quorum(dead_letter_exchange.as_deref())).await?;
     }
     for (queue, exchange, key) in &plan.bindings {
-        bind(channel, queue, exchange, key).await?;
+        bind(&channel, queue, exchange, key).await?;
     }
+    let _ = channel.close(200, "topology declared".into()).await;
     Ok(())
+}
+
+async fn open(connection: &Connection) -> Result<Channel, BrokerError> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|source| BrokerError::Channel {
+            doing: "opening the topology channel",
+            source,
+        })
 }
 
 fn quorum(dead_letter_exchange: Option<&str>) -> FieldTable {
@@ -128,21 +181,28 @@ fn quorum(dead_letter_exchange: Option<&str>) -> FieldTable {
     arguments
 }
 
-async fn declare_exchange(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+async fn declare_exchange(channel: &Channel, exchange: &Exchange) -> Result<(), BrokerError> {
     let options = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
+    let mut arguments = FieldTable::default();
+    if let Some(alternate) = &exchange.alternate {
+        arguments.insert(
+            "alternate-exchange".into(),
+            AMQPValue::LongString(alternate.as_str().into()),
+        );
+    }
+    let kind = if exchange.fanout {
+        ExchangeKind::Fanout
+    } else {
+        ExchangeKind::Topic
+    };
     channel
-        .exchange_declare(
-            name.into(),
-            ExchangeKind::Topic,
-            options,
-            FieldTable::default(),
-        )
+        .exchange_declare(exchange.name.as_str().into(), kind, options, arguments)
         .await
         .map_err(|source| BrokerError::Declare {
-            what: format!("exchange {name}"),
+            what: format!("exchange {}", exchange.name),
             source,
         })
 }

@@ -10,6 +10,8 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::Args;
 use lapin::uri::AMQPUri;
 
+use crate::message::Limits;
+
 pub use crate::store::tls::SslMode;
 pub use redact::{describe_amqp, describe_postgres};
 
@@ -147,6 +149,16 @@ pub struct PipelineArgs {
     #[arg(long, env = "WFM_MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
     pub max_message_bytes: usize,
 
+    /// Deepest nesting of objects and arrays a document may have, anywhere in
+    /// it (unknown fields too); deeper ones are dead-lettered (1 to 1000).
+    #[arg(long, env = "WFM_MAX_JSON_DEPTH", default_value_t = 64)]
+    pub max_json_depth: usize,
+
+    /// How far ahead of its receipt a publisher's timestamp is believed (e.g.
+    /// `5m`, `30s`); later ones are replaced by the receipt time.
+    #[arg(long, env = "WFM_MAX_CLOCK_SKEW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_clock_skew: Duration,
+
     /// Deliveries of one message that fails alone, neither transiently nor for
     /// its data, before it is dead-lettered as `too-many-deliveries`.
     #[arg(long, env = "WFM_MAX_DELIVERIES", default_value_t = 5)]
@@ -249,13 +261,39 @@ pub struct Topology {
     pub dead_letter_queue: String,
 }
 
+impl Topology {
+    /// The dead-letter exchange's alternate exchange: takes copies no binding does.
+    pub fn unrouted_exchange(&self) -> String {
+        format!("{}.unrouted", self.dead_letter_exchange)
+    }
+
+    /// The queue of the alternate exchange.
+    pub fn unrouted_queue(&self) -> String {
+        format!("{}.unrouted", self.dead_letter_queue)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub prefetch: u16,
     pub batch_size: usize,
     pub batch_linger: Duration,
-    pub max_message_bytes: usize,
+    /// Size, depth and clock rules every message is held to.
+    pub limits: Limits,
     pub max_deliveries: u32,
+}
+
+impl Default for PipelineSettings {
+    /// The defaults of `wfm-worker run`.
+    fn default() -> Self {
+        PipelineSettings {
+            prefetch: 1000,
+            batch_size: 500,
+            batch_linger: Duration::from_millis(5),
+            limits: Limits::default(),
+            max_deliveries: 5,
+        }
+    }
 }
 
 impl DatabaseArgs {
@@ -316,6 +354,12 @@ impl PipelineArgs {
         non_zero("WFM_BATCH_SIZE", self.batch_size)?;
         non_zero("WFM_MAX_MESSAGE_BYTES", self.max_message_bytes)?;
         non_zero("WFM_MAX_DELIVERIES", self.max_deliveries as usize)?;
+        if !(1..=1000).contains(&self.max_json_depth) {
+            return Err(ConfigError::Invalid {
+                variable: "WFM_MAX_JSON_DEPTH",
+                problem: "outside 1 to 1000",
+            });
+        }
         if (self.prefetch as usize) < self.batch_size {
             return Err(ConfigError::PrefetchBelowBatch {
                 prefetch: self.prefetch,
@@ -326,7 +370,11 @@ impl PipelineArgs {
             prefetch: self.prefetch,
             batch_size: self.batch_size,
             batch_linger: Duration::from_millis(self.batch_linger_ms),
-            max_message_bytes: self.max_message_bytes,
+            limits: Limits {
+                max_bytes: self.max_message_bytes,
+                max_json_depth: self.max_json_depth,
+                max_clock_skew: self.max_clock_skew,
+            },
             max_deliveries: self.max_deliveries,
         })
     }

@@ -76,6 +76,8 @@ fn prefetch_below_batch_size_is_refused() {
         batch_size: 500,
         batch_linger_ms: 5,
         max_message_bytes: 1,
+        max_json_depth: 64,
+        max_clock_skew: Duration::from_secs(300),
         max_deliveries: 5,
         shutdown_timeout_secs: 30,
     };

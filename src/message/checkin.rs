@@ -5,21 +5,71 @@
 
 use std::borrow::Cow;
 
-use chrono::NaiveDateTime;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
-use super::{ClusterId, Envelope, Rejection, parse_object};
+use super::{ClusterId, Envelope, EventTime, Limits, Rejection, json::parse_object};
 
 /// A checkin that is fit to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkin<'a> {
     pub cluster_id: ClusterId,
     /// Event time in UTC (see [`Envelope::event_time`]).
-    pub checked_in_at: NaiveDateTime,
-    /// Idempotency key: a checkin whose `message_id` is already stored is skipped.
-    pub message_id: Option<&'a str>,
+    pub checked_in_at: EventTime,
+    /// Idempotency key: a checkin whose key is already stored is skipped.
+    pub key: MessageKey<'a>,
     /// The whole JSON document, exactly as published.
     pub document: &'a str,
+}
+
+/// What makes a redelivery recognisable: the publisher's `message_id`, or,
+/// without one, a digest of what the publisher sent.
+///
+/// The digest covers the body and the publisher's timestamps (not the receipt
+/// time, which differs at every delivery), so a redelivery of the same message
+/// derives the same key. Two publishes with the same body and the same (or no)
+/// timestamp are indistinguishable from a redelivery and stored once:
+/// publishers should set `message_id`, as `wfm-worker publish` does.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MessageKey<'a> {
+    Provided(&'a str),
+    /// `sha256:` and 64 hex digits.
+    Derived(String),
+}
+
+impl MessageKey<'_> {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Provided(id) => id,
+            Self::Derived(key) => key,
+        }
+    }
+}
+
+impl<'a> MessageKey<'a> {
+    pub fn of(envelope: &Envelope<'a>) -> Self {
+        if let Some(id) = envelope.message_id() {
+            return Self::Provided(id);
+        }
+        let mut digest = Sha256::new();
+        digest.update(envelope.body);
+        // Tagged so that "no timestamp" never equals some timestamp's bytes.
+        for stamp in [
+            envelope.timestamp_secs.map(|s| s as i64),
+            envelope.timestamp_ms,
+        ] {
+            match stamp {
+                Some(value) => digest.update([[1u8].as_slice(), &value.to_be_bytes()].concat()),
+                None => digest.update([0u8]),
+            }
+        }
+        let hex: String = digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self::Derived(format!("sha256:{hex}"))
+    }
 }
 
 #[derive(Deserialize)]
@@ -43,15 +93,15 @@ struct WireComponentInfo<'a> {
 }
 
 impl<'a> Checkin<'a> {
-    pub fn parse(envelope: &Envelope<'a>, max_bytes: usize) -> Result<Self, Rejection> {
-        let document = envelope.text(max_bytes)?;
-        let wire: WireCheckin<'_> = parse_object(document, "a checkin")?;
+    pub fn parse(envelope: &Envelope<'a>, limits: &Limits) -> Result<Self, Rejection> {
+        let document = envelope.text(limits.max_bytes)?;
+        let wire: WireCheckin<'_> = parse_object(document, "a checkin", limits.max_json_depth)?;
         let id = wire
             .id
-            .ok_or_else(|| Rejection::invalid("`id` is missing".to_owned()))?;
+            .ok_or_else(|| Rejection::invalid("`id` is missing"))?;
         let cluster_id = ClusterId::parse("id", &id)?;
         let components = wire.components.ok_or_else(|| {
-            Rejection::invalid("`components` is missing (an array, possibly empty)".to_owned())
+            Rejection::invalid("`components` is missing (an array, possibly empty)")
         })?;
         for (i, entry) in components.iter().enumerate() {
             let named = entry
@@ -67,8 +117,8 @@ impl<'a> Checkin<'a> {
         }
         Ok(Checkin {
             cluster_id,
-            checked_in_at: envelope.event_time()?,
-            message_id: envelope.message_id,
+            checked_in_at: envelope.event_time(limits.max_clock_skew),
+            key: MessageKey::of(envelope),
             document,
         })
     }
@@ -82,15 +132,18 @@ mod tests {
 
     const ID: &str = "5e2a4d3c-6c1f-4f7e-9a3b-2f8e1c0d9b7a";
 
-    fn parse(body: &str) -> Result<Checkin<'_>, Rejection> {
-        let envelope = Envelope {
+    fn envelope(body: &str) -> Envelope<'_> {
+        Envelope {
             body: body.as_bytes(),
             message_id: Some("m-1"),
             timestamp_secs: Some(1_470_150_000),
             timestamp_ms: None,
             received_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-        };
-        Checkin::parse(&envelope, 1 << 20)
+        }
+    }
+
+    fn parse(body: &str) -> Result<Checkin<'_>, Rejection> {
+        Checkin::parse(&envelope(body), &Limits::default())
     }
 
     fn reason(body: &str) -> String {
@@ -107,8 +160,11 @@ mod tests {
         let checkin = parse(&body).unwrap();
         assert_eq!(checkin.cluster_id.as_uuid().to_string(), ID);
         assert_eq!(checkin.document, body);
-        assert_eq!(checkin.message_id, Some("m-1"));
-        assert_eq!(checkin.checked_in_at.and_utc().timestamp(), 1_470_150_000);
+        assert_eq!(checkin.key, MessageKey::Provided("m-1"));
+        assert_eq!(
+            checkin.checked_in_at.at.and_utc().timestamp(),
+            1_470_150_000
+        );
     }
 
     #[test]
@@ -167,5 +223,52 @@ mod tests {
             reason(&format!(r#"{{"id":"{ID}","components":[]}} trailing"#))
                 .starts_with("body is not valid JSON")
         );
+    }
+
+    #[test]
+    fn an_empty_message_id_counts_as_absent_and_a_key_is_derived() {
+        let body = format!(r#"{{"id":"{ID}","components":[]}}"#);
+        let mut e = envelope(&body);
+        e.message_id = Some("");
+        let key = MessageKey::of(&e);
+        assert!(key.as_str().starts_with("sha256:") && key.as_str().len() == 71);
+        e.message_id = None;
+        assert_eq!(MessageKey::of(&e), key, "a redelivery derives the same key");
+    }
+
+    #[test]
+    fn derived_keys_differ_by_body_and_by_timestamp() {
+        let body = format!(r#"{{"id":"{ID}","components":[]}}"#);
+        let mut e = envelope(&body);
+        e.message_id = None;
+        let key = MessageKey::of(&e);
+        e.timestamp_secs = Some(1_470_150_001);
+        assert_ne!(MessageKey::of(&e), key);
+        e.timestamp_secs = None;
+        let unstamped = MessageKey::of(&e);
+        assert_ne!(unstamped, key);
+        e.timestamp_ms = Some(0);
+        assert_ne!(MessageKey::of(&e), unstamped, "zero is not absence");
+        let other = format!(r#"{{"id":"{ID}","components":[] }}"#);
+        let mut o = envelope(&other);
+        o.message_id = None;
+        assert_ne!(MessageKey::of(&o), key);
+    }
+
+    #[test]
+    fn a_huge_string_where_an_array_belongs_is_refused_with_an_excerpt() {
+        let body = format!(r#"{{"id":"{ID}","components":"{}"}}"#, "x".repeat(200_000));
+        let r = reason(&body);
+        assert!(r.starts_with("`components`: invalid type: string"), "{r}");
+        assert!(r.len() < 200, "{r}");
+    }
+
+    #[test]
+    fn deep_nesting_in_an_unknown_field_is_refused() {
+        let body = format!(
+            r#"{{"id":"{ID}","components":[],"x":{}}}"#,
+            "[".repeat(100_000)
+        );
+        assert!(reason(&body).contains("nested deeper than 64"));
     }
 }

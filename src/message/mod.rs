@@ -6,16 +6,50 @@
 //! the database: the pipeline hands it an [`Envelope`] of plain values.
 
 mod checkin;
+mod json;
 mod names;
 mod rejection;
+mod time;
 mod version;
 
-pub use checkin::Checkin;
+pub use checkin::{Checkin, MessageKey};
 pub use names::{ClusterId, ComponentName, TrainName, VersionName};
-pub use rejection::{Rejection, RejectionKind};
+pub use rejection::{EXCERPT_CHARS, MAX_REASON_BYTES, Rejection, RejectionKind, bounded, excerpt};
+pub use time::{EventTime, TimeCorrection};
 pub use version::VersionEvent;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// A parsed message with its position in the batch it arrived in. The one list
+/// the pipeline and the store pass between them: results name `index`, so no
+/// side table is needed to find the delivery a row came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item<T> {
+    pub index: usize,
+    pub value: T,
+}
+
+/// The rules every message is held to (from `WFM_MAX_MESSAGE_BYTES`,
+/// `WFM_MAX_JSON_DEPTH`, `WFM_MAX_CLOCK_SKEW`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_bytes: usize,
+    pub max_json_depth: usize,
+    /// How far ahead of its receipt a publisher's timestamp may be.
+    pub max_clock_skew: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 1 << 20,
+            max_json_depth: 64,
+            max_clock_skew: Duration::from_secs(300),
+        }
+    }
+}
 
 /// What the broker tells us about one message, borrowed from the delivery.
 #[derive(Debug, Clone, Copy)]
@@ -48,88 +82,8 @@ impl<'a> Envelope<'a> {
         })
     }
 
-    /// When the event happened, in UTC: the publisher's timestamp when set, else receipt.
-    pub fn event_time(&self) -> Result<NaiveDateTime, Rejection> {
-        let stamped = match (self.timestamp_ms, self.timestamp_secs) {
-            (Some(ms), _) => DateTime::from_timestamp_millis(ms),
-            (None, Some(secs)) => i64::try_from(secs)
-                .ok()
-                .and_then(|secs| DateTime::from_timestamp(secs, 0)),
-            (None, None) => return Ok(self.received_at.naive_utc()),
-        };
-        stamped
-            .map(|at| at.naive_utc())
-            .ok_or_else(|| Rejection::invalid("AMQP timestamp is out of range".to_owned()))
-    }
-}
-
-/// Parses a whole JSON document into `T`, naming the offending path on failure.
-/// The document must be one JSON object: serde would otherwise accept an array
-/// for a struct, field by position.
-fn parse_object<'a, T: serde::Deserialize<'a>>(text: &'a str, what: &str) -> Result<T, Rejection> {
-    if !text.trim_start().starts_with('{') {
-        return Err(Rejection::invalid(format!("{what} must be a JSON object")));
-    }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| json_rejection(e.inner(), &e.path().to_string()))?;
-    de.end().map_err(|e| json_rejection(&e, "."))?;
-    Ok(parsed)
-}
-
-fn json_rejection(error: &serde_json::Error, path: &str) -> Rejection {
-    use serde_json::error::Category;
-    match error.classify() {
-        Category::Data => Rejection::invalid(format!("`{path}`: {error}")),
-        Category::Io | Category::Syntax | Category::Eof => {
-            Rejection::invalid(format!("body is not valid JSON: {error}"))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn envelope(body: &[u8]) -> Envelope<'_> {
-        Envelope {
-            body,
-            message_id: None,
-            timestamp_secs: None,
-            timestamp_ms: None,
-            received_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-        }
-    }
-
-    #[test]
-    fn oversized_body_is_refused_before_reading() {
-        let err = envelope(b"12345").text(4).unwrap_err();
-        assert_eq!(err.reason, "body is 5 bytes, over the limit of 4 bytes");
-    }
-
-    #[test]
-    fn non_utf8_body_is_refused() {
-        let err = envelope(b"{\xff}").text(100).unwrap_err();
-        assert!(err.reason.contains("not UTF-8"), "{}", err.reason);
-    }
-
-    #[test]
-    fn event_time_prefers_milliseconds_then_seconds_then_receipt() {
-        let mut e = envelope(b"");
-        assert_eq!(e.event_time().unwrap(), e.received_at.naive_utc());
-        e.timestamp_secs = Some(1_600_000_000);
-        assert_eq!(e.event_time().unwrap().and_utc().timestamp(), 1_600_000_000);
-        e.timestamp_ms = Some(1_600_000_000_123);
-        assert_eq!(
-            e.event_time().unwrap().and_utc().timestamp_millis(),
-            1_600_000_000_123
-        );
-    }
-
-    #[test]
-    fn absurd_timestamp_is_refused() {
-        let mut e = envelope(b"");
-        e.timestamp_secs = Some(u64::MAX);
-        assert!(e.event_time().is_err());
+    /// The publisher's `message_id`; an empty one counts as absent.
+    pub fn message_id(&self) -> Option<&'a str> {
+        self.message_id.filter(|id| !id.is_empty())
     }
 }

@@ -5,7 +5,10 @@ use std::borrow::Cow;
 use chrono::{DateTime, NaiveDateTime};
 use serde::Deserialize;
 
-use super::{ComponentName, Envelope, Rejection, TrainName, VersionName, parse_object};
+use super::{
+    ComponentName, Envelope, EventTime, Limits, Rejection, TrainName, VersionName,
+    json::parse_object,
+};
 
 /// A version event that is fit to store. Its key is (component, train, version).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +18,9 @@ pub struct VersionEvent<'a> {
     pub version: VersionName,
     /// `version.released`, converted to UTC.
     pub released_at: NaiveDateTime,
+    /// When the event was published (the AMQP timestamp, else receipt): of two
+    /// events for the same key, the later publish wins.
+    pub published_at: EventTime,
     /// The whole JSON document, exactly as published.
     pub document: &'a str,
 }
@@ -44,9 +50,10 @@ struct WireVersion<'a> {
 }
 
 impl<'a> VersionEvent<'a> {
-    pub fn parse(envelope: &Envelope<'a>, max_bytes: usize) -> Result<Self, Rejection> {
-        let document = envelope.text(max_bytes)?;
-        let wire: WireVersionEvent<'_> = parse_object(document, "a version event")?;
+    pub fn parse(envelope: &Envelope<'a>, limits: &Limits) -> Result<Self, Rejection> {
+        let document = envelope.text(limits.max_bytes)?;
+        let wire: WireVersionEvent<'_> =
+            parse_object(document, "a version event", limits.max_json_depth)?;
         let component =
             ComponentName::parse(wire.component.and_then(|c| c.name).map(Cow::into_owned))?;
         let version = wire.version.unwrap_or_default();
@@ -54,7 +61,7 @@ impl<'a> VersionEvent<'a> {
         let version_name = VersionName::parse(version.version.map(Cow::into_owned))?;
         let released = version
             .released
-            .ok_or_else(|| Rejection::invalid("`version.released` is missing".to_owned()))?;
+            .ok_or_else(|| Rejection::invalid("`version.released` is missing"))?;
         let released_at = DateTime::parse_from_rfc3339(&released)
             .map_err(|e| {
                 Rejection::invalid(format!(
@@ -67,6 +74,7 @@ impl<'a> VersionEvent<'a> {
             train,
             version: version_name,
             released_at,
+            published_at: envelope.event_time(limits.max_clock_skew),
             document,
         })
     }
@@ -86,7 +94,7 @@ mod tests {
             timestamp_ms: None,
             received_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
         };
-        VersionEvent::parse(&envelope, 1 << 20)
+        VersionEvent::parse(&envelope, &Limits::default())
     }
 
     fn body(name: &str, train: &str, version: &str, released: &str) -> String {

@@ -1,37 +1,53 @@
-//! The pipeline: deliveries → batch → parse → write → ack or dead-letter.
+//! The pipeline: deliveries → batch → verdicts → acknowledgements.
 //!
-//! Per queue, on a channel of its own, two tasks:
-//! - the reader collects up to `batch_size` deliveries (or what arrived within
-//!   `batch_linger` of the first) and starts settling each batch in a task of
-//!   its own (parse, write, dead-letter), up to `in_flight` at once;
-//! - the acker takes those tasks in the order they were started and commits
-//!   each settled batch on the channel: dead-letter copies, hand-backs and the
-//!   batch's ack in one broker transaction.
+//! Per queue, on a channel of its own:
+//! - the reader ([`reader`]) collects up to `batch_size` deliveries (or what
+//!   arrived within `batch_linger` of the first) and starts deciding each batch
+//!   in a task of its own, up to `in_flight` at once;
+//! - deciding ([`decide`]) parses every delivery, writes the valid ones in one
+//!   transaction, and gives each delivery its [`Verdict`];
+//! - the acker ([`acker`]) carries the verdicts out on the broker, batch by
+//!   batch in the order the batches were read.
 //!
-//! Acks leave strictly in batch order, so when a batch is acked every delivery
-//! with a lower tag on the channel is settled too, and one `multiple` ack per
-//! batch is safe. Collecting and decoding the next batch overlaps with writing
-//! the previous one; with `in_flight` > 1 (checkins only: their event-time rule
-//! makes the order of batches irrelevant) writes overlap too, on the pool.
+//! What each verdict becomes on the broker, and why (RabbitMQ 3.x and 4.3+):
+//!
+//! | verdict | frame | counts toward `x-delivery-count` |
+//! |---|---|---|
+//! | [`Verdict::Stored`] | `basic.ack` (one `multiple` ack per batch when it can) | — |
+//! | [`Verdict::DeadLetter`] | copy confirmed on the dead-letter connection, then `basic.ack` | — |
+//! | [`Verdict::Retry`] | `basic.reject(requeue)` | yes, on 3.x and 4.3+ |
+//! | [`Verdict::Release`] | `basic.nack(requeue)` | on 3.x; not on 4.3+ |
+//!
+//! RabbitMQ 4.3 stopped counting `basic.nack(requeue=true)` in a quorum queue's
+//! `x-delivery-count` (rabbitmq-server PR #15387); only `basic.reject` (and a
+//! channel closing) still counts. A message that fails alone must reach
+//! `WFM_MAX_DELIVERIES` on every version, so it is rejected. A message that is
+//! handed back through no fault of its own (a systemic failure, shutdown, a
+//! dead-letter copy the broker did not take) is nacked: on 4.3+ that costs it
+//! none of its attempts; on 3.x it does, which only shortens the attempts left
+//! to a message that later fails alone.
 
-mod commit;
+mod acker;
+mod breaker;
+mod decide;
 mod metrics;
-mod process;
+mod reader;
 
-pub use process::{BatchReport, QueueContext, Settled, process_batch, settle_batch};
+pub use decide::{BatchReport, Decided, Verdict, decide, process_batch};
+pub use metrics::QueueMetrics;
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use lapin::{Channel, Consumer, message::Delivery, options::BasicCancelOptions};
-use tokio::{
-    sync::{Semaphore, mpsc},
-    task::JoinHandle,
-    time::{Instant, timeout_at},
-};
+use lapin::{Channel, Consumer};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::BrokerError;
+use crate::{
+    broker::{BrokerError, DeadLetters},
+    config::PipelineSettings,
+    readiness::Readiness,
+    store::Pool,
+};
 
 /// Which kind of message a queue carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +57,9 @@ pub enum QueueKind {
 }
 
 impl QueueKind {
-    /// Batches of this queue that may be written at once. Versions stay one at
-    /// a time: a republish of a triple must win over the publish before it.
+    /// Batches of this queue that may be written at once. Both kinds decide
+    /// "newest" by event time in SQL, so the order batches commit in does not
+    /// matter; versions stay one at a time only because they are few.
     pub fn in_flight(self) -> usize {
         match self {
             Self::Checkins => 2,
@@ -63,120 +80,52 @@ pub enum PipelineError {
     Abandoned(String),
 }
 
-type Settling = JoinHandle<Result<Settled, PipelineError>>;
+/// Everything a queue's batches need.
+#[derive(Clone)]
+pub struct QueueContext {
+    pub kind: QueueKind,
+    pub queue: String,
+    pub pool: Pool,
+    pub dead_letters: DeadLetters,
+    pub settings: PipelineSettings,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<QueueMetrics>,
+    /// Cancelled when this connection's deliveries can no longer be acked (the
+    /// channel failed, or shutdown ran out of time): batches stop retrying.
+    pub abandon: CancellationToken,
+    /// Cancelled on shutdown: batches stop retrying and hand their messages back.
+    pub shutdown: CancellationToken,
+}
 
-/// Consumes `consumer` until `shutdown` is cancelled, then stops taking
-/// deliveries, lets the batches in hand finish (a batch is never interrupted:
-/// its rows commit and it is acked), and closes the channel, which hands any
-/// deliveries still buffered back to the broker unacked.
+/// Consumes `consumer` until `context.shutdown` is cancelled, then stops taking
+/// deliveries, lets the batches in hand finish (a batch is never cut in the
+/// middle: its rows commit and it is acked), waits for dead-letter copies still
+/// unconfirmed, and closes the channel, which hands any deliveries still
+/// buffered back to the broker.
 pub async fn run_queue(
     context: QueueContext,
     channel: Channel,
-    mut consumer: Consumer,
-    shutdown: CancellationToken,
+    consumer: Consumer,
 ) -> Result<(), PipelineError> {
     let queue = context.queue.clone();
     tracing::info!(queue = %queue, "consuming");
-    let (settling, in_order) = mpsc::channel(context.kind.in_flight());
-    let acker = tokio::spawn(ack_in_order(
-        in_order,
-        channel.clone(),
-        context.dead_letter_exchange.clone(),
-        queue.clone(),
-    ));
-    let read = read_batches(&context, &mut consumer, &shutdown, settling).await;
+    let (to_acker, in_order) = mpsc::channel(context.kind.in_flight());
+    let breaker = Arc::new(breaker::Breaker::default());
+    let acker = acker::Acker::new(&context, breaker.clone());
+    let copies = acker.copies();
+    let acking = tokio::spawn(acker.run(in_order));
+    let read = reader::read(&context, &channel, consumer, &breaker, to_acker).await;
     if read.is_err() {
         // The channel is gone: batches still retrying their write could never be acked.
         context.abandon.cancel();
     }
-    let acked = acker
+    let acked = acking
         .await
         .unwrap_or_else(|_| Err(PipelineError::Panicked(queue.clone())));
-    let _ = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
+    copies.wait_for_confirms(&context.abandon).await;
     let _ = channel.close(200, "worker shutting down".into()).await;
     tracing::info!(queue = %queue, "stopped consuming");
     // The reader's error is the cause; when the reader only saw the acker hang
     // up, the acker's is.
     read.and(acked)
-}
-
-async fn read_batches(
-    context: &QueueContext,
-    consumer: &mut Consumer,
-    shutdown: &CancellationToken,
-    settling: mpsc::Sender<Settling>,
-) -> Result<(), PipelineError> {
-    // Permits are taken here, in batch order, before a batch's task starts:
-    // with one permit, a batch is written only after the previous one committed.
-    let writes = Arc::new(Semaphore::new(context.kind.in_flight()));
-    loop {
-        let batch = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(()),
-            batch = collect_batch(consumer, context) => batch?,
-        };
-        if batch.is_empty() {
-            return Err(PipelineError::ConsumerCancelled(context.queue.clone()));
-        }
-        let Ok(permit) = writes.clone().acquire_owned().await else {
-            unreachable!("the semaphore is never closed");
-        };
-        let context = context.clone();
-        let task = tokio::spawn(async move {
-            let settled = settle_batch(&context, batch).await;
-            drop(permit);
-            settled
-        });
-        if settling.send(task).await.is_err() {
-            // The acker stopped on an error; it reports it.
-            return Ok(());
-        }
-    }
-}
-
-/// Acks settled batches in the order they were started.
-async fn ack_in_order(
-    mut in_order: mpsc::Receiver<Settling>,
-    channel: Channel,
-    dead_letter_exchange: String,
-    queue: String,
-) -> Result<(), PipelineError> {
-    while let Some(task) = in_order.recv().await {
-        let settled = task
-            .await
-            .map_err(|_| PipelineError::Panicked(queue.clone()))??;
-        let report = settled.commit(&channel, &dead_letter_exchange).await?;
-        tracing::debug!(queue = %queue, received = report.received, stored = report.stored, dead_lettered = report.dead_lettered, "batch acked");
-    }
-    Ok(())
-}
-
-/// Waits for one delivery, then gathers more until the batch is full or the
-/// linger has passed since the first. An empty batch means the consumer ended.
-async fn collect_batch(
-    consumer: &mut Consumer,
-    context: &QueueContext,
-) -> Result<Vec<Delivery>, PipelineError> {
-    let channel_failed = |source| {
-        PipelineError::Broker(BrokerError::Channel {
-            doing: "receiving deliveries",
-            source,
-        })
-    };
-    let mut batch = Vec::with_capacity(context.settings.batch_size);
-    match consumer.next().await {
-        None => return Ok(batch),
-        Some(delivery) => batch.push(delivery.map_err(channel_failed)?),
-    }
-    let deadline = Instant::now() + context.settings.batch_linger;
-    while batch.len() < context.settings.batch_size {
-        match timeout_at(deadline, consumer.next()).await {
-            Ok(Some(delivery)) => batch.push(delivery.map_err(channel_failed)?),
-            // Ended or lingered long enough: write what we have.
-            Ok(None) | Err(_) => break,
-        }
-    }
-    Ok(batch)
 }

@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_legacy_schema"),
     migration!(2, "0002_checkin_dedup_and_event_time"),
     migration!(3, "0003_lz4_documents"),
+    migration!(4, "0004_version_publish_time"),
 ];
 
 /// Arbitrary but fixed: every replica must take the same lock ("wfm" in ASCII).

@@ -2,16 +2,17 @@
 
 use std::{future::Future, ops::Range};
 
+use chrono::{NaiveDateTime, Utc};
 use tokio_postgres::{Transaction, types::Type};
 use uuid::Uuid;
 
 use super::{
-    BatchOutcome, Pool, StoreError,
-    batch::{Rows, write_isolated},
+    Pool, StoreError,
+    write::{Rows, WriteOutcome, write_batch},
 };
-use crate::message::Checkin;
+use crate::message::{Checkin, Item};
 
-/// One statement per batch. `inserted` skips message ids already stored (a
+/// One statement per batch. `inserted` skips keys already stored (a
 /// redelivery or a publisher retry); only rows really inserted go on to
 /// `clusters`, newest first per cluster — PostgreSQL refuses an upsert that
 /// touches the same row twice in one statement (SQLSTATE 21000), hence
@@ -40,23 +41,19 @@ WITH inserted AS (
 )
 SELECT count(*) FROM inserted";
 
-/// Stores a batch of checkins in one transaction. Returned indices refer to
-/// `checkins`.
+/// Stores a batch of checkins in one transaction; failures name batch indices.
 pub async fn write_checkins(
     pool: &Pool,
-    checkins: &[Checkin<'_>],
-) -> Result<BatchOutcome, StoreError> {
-    let mut order: Vec<usize> = (0..checkins.len()).collect();
-    order.sort_unstable_by(|&a, &b| checkins[a].message_id.cmp(&checkins[b].message_id));
-    let rows = CheckinRows { checkins, order };
-    let outcome = write_isolated(pool, &rows).await?;
-    Ok(outcome.reindexed(&rows.order))
+    checkins: &[Item<Checkin<'_>>],
+) -> Result<WriteOutcome, StoreError> {
+    let mut order: Vec<&Item<Checkin<'_>>> = checkins.iter().collect();
+    order.sort_unstable_by(|a, b| a.value.key.cmp(&b.value.key));
+    write_batch(pool, &CheckinRows { order }).await
 }
 
 struct CheckinRows<'c, 'd> {
-    checkins: &'c [Checkin<'d>],
-    /// Indices into `checkins`, in write order.
-    order: Vec<usize>,
+    /// The batch in write order.
+    order: Vec<&'c Item<Checkin<'d>>>,
 }
 
 impl Rows for CheckinRows<'_, '_> {
@@ -64,38 +61,63 @@ impl Rows for CheckinRows<'_, '_> {
         self.order.len()
     }
 
+    fn index(&self, at: usize) -> usize {
+        self.order[at].index
+    }
+
     fn write<'a>(
         &'a self,
         tx: &'a Transaction<'_>,
         range: Range<usize>,
     ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
-        insert(tx, self.checkins, &self.order[range])
+        let picked = self.order[range].iter().map(|item| {
+            let c = &item.value;
+            (
+                c.cluster_id.as_uuid(),
+                c.checked_in_at.at,
+                c.document,
+                c.key.as_str(),
+            )
+        });
+        insert(tx, picked)
+    }
+
+    async fn probe(&self, tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
+        let cluster = Uuid::new_v4();
+        let document = format!(r#"{{"id":"{cluster}","components":[]}}"#);
+        let key = format!("wfm-probe-{cluster}");
+        let row = (
+            cluster,
+            Utc::now().naive_utc(),
+            document.as_str(),
+            key.as_str(),
+        );
+        insert(tx, std::iter::once(row)).await
     }
 }
 
-async fn insert(
+async fn insert<'r>(
     tx: &Transaction<'_>,
-    checkins: &[Checkin<'_>],
-    picks: &[usize],
+    rows: impl ExactSizeIterator<Item = (Uuid, NaiveDateTime, &'r str, &'r str)>,
 ) -> Result<u64, tokio_postgres::Error> {
-    let mut ids = Vec::with_capacity(picks.len());
-    let mut times = Vec::with_capacity(picks.len());
-    let mut documents = Vec::with_capacity(picks.len());
-    let mut message_ids = Vec::with_capacity(picks.len());
-    for checkin in picks.iter().map(|&i| &checkins[i]) {
-        ids.push(checkin.cluster_id.as_uuid());
-        times.push(checkin.checked_in_at);
-        documents.push(checkin.document);
-        message_ids.push(checkin.message_id);
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut times = Vec::with_capacity(rows.len());
+    let mut documents = Vec::with_capacity(rows.len());
+    let mut keys = Vec::with_capacity(rows.len());
+    for (id, at, document, key) in rows {
+        ids.push(id);
+        times.push(at);
+        documents.push(document);
+        keys.push(key);
     }
     let row = tx
         .query_typed_one(
             INSERT_CHECKINS,
             &[
-                (&ids as &Vec<Uuid>, Type::UUID_ARRAY),
+                (&ids, Type::UUID_ARRAY),
                 (&times, Type::TIMESTAMP_ARRAY),
                 (&documents, Type::TEXT_ARRAY),
-                (&message_ids, Type::TEXT_ARRAY),
+                (&keys, Type::TEXT_ARRAY),
             ],
         )
         .await?;

@@ -1,44 +1,79 @@
-//! Batched version writes: an upsert on (component, train, version).
+//! Batched version writes: an upsert on (component, train, version), by
+//! publish time.
 
 use std::{future::Future, ops::Range};
 
+use chrono::{NaiveDateTime, Utc};
 use tokio_postgres::{Transaction, types::Type};
 
 use super::{
-    BatchOutcome, Pool, StoreError,
-    batch::{Rows, write_isolated},
+    Pool, StoreError,
+    write::{Rows, WriteOutcome, write_batch},
 };
-use crate::message::VersionEvent;
+use crate::message::{Item, VersionEvent};
 
-/// A republish of the same triple replaces its release time and document.
+/// A later publish of the same triple replaces its release time and document;
+/// an earlier one (a redelivery, a second replica's slower batch, a `dlq
+/// replay` of an old event) changes nothing. Rows written by the older service
+/// have no publish time, and any publish replaces them.
 const UPSERT_VERSIONS: &str = "
-INSERT INTO versions AS v (component_name, train, version, release_timestamp, data)
-SELECT component_name, train, version, release_timestamp, data::json
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamp[], $5::text[])
-       AS input(component_name, train, version, release_timestamp, data)
+INSERT INTO versions AS v (component_name, train, version, release_timestamp, data, published_at)
+SELECT component_name, train, version, release_timestamp, data::json, published_at
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamp[], $5::text[], $6::timestamp[])
+       AS input(component_name, train, version, release_timestamp, data, published_at)
 ON CONFLICT (component_name, train, version) DO UPDATE
-   SET release_timestamp = EXCLUDED.release_timestamp, data = EXCLUDED.data";
+   SET release_timestamp = EXCLUDED.release_timestamp, data = EXCLUDED.data,
+       published_at = EXCLUDED.published_at
+ WHERE v.published_at IS NULL OR v.published_at <= EXCLUDED.published_at";
 
 /// Stores a batch of version events in one transaction. Of several events for
-/// the same triple in one batch the last one wins (one upsert may not touch a
-/// row twice); the earlier ones count as stored, superseded. Returned indices
-/// refer to `events`.
+/// the same triple in one batch only the newest publish is written (one upsert
+/// may not touch a row twice); the others are reported as superseded by it.
 pub async fn write_versions(
     pool: &Pool,
-    events: &[VersionEvent<'_>],
-) -> Result<BatchOutcome, StoreError> {
-    let rows = VersionRows {
-        events,
-        order: latest_per_key(events),
-    };
-    let outcome = write_isolated(pool, &rows).await?;
-    Ok(outcome.reindexed(&rows.order))
+    events: &[Item<VersionEvent<'_>>],
+) -> Result<WriteOutcome, StoreError> {
+    let (order, superseded) = newest_per_key(events);
+    let mut outcome = write_batch(pool, &VersionRows { order }).await?;
+    outcome.superseded = superseded;
+    Ok(outcome)
 }
 
 struct VersionRows<'e, 'd> {
-    events: &'e [VersionEvent<'d>],
-    /// Indices into `events`, in write order.
-    order: Vec<usize>,
+    /// The newest event per key, sorted by key (the lock order).
+    order: Vec<&'e Item<VersionEvent<'d>>>,
+}
+
+type Key<'e> = (&'e str, &'e str, &'e str);
+
+fn key<'e>(event: &'e VersionEvent<'_>) -> Key<'e> {
+    (
+        event.component.as_str(),
+        event.train.as_str(),
+        event.version.as_str(),
+    )
+}
+
+/// The newest event per key (later arrival on equal publish times), and the
+/// (loser, winner) pairs of the rest.
+fn newest_per_key<'e, 'd>(
+    events: &'e [Item<VersionEvent<'d>>],
+) -> (Vec<&'e Item<VersionEvent<'d>>>, Vec<(usize, usize)>) {
+    let mut order: Vec<&Item<VersionEvent<'_>>> = events.iter().collect();
+    // Stable: equal keys and times keep arrival order, so the last of a run wins.
+    order.sort_by(|a, b| {
+        key(&a.value)
+            .cmp(&key(&b.value))
+            .then(a.value.published_at.at.cmp(&b.value.published_at.at))
+    });
+    let mut newest = Vec::with_capacity(order.len());
+    let mut superseded = Vec::new();
+    for run in order.chunk_by(|a, b| key(&a.value) == key(&b.value)) {
+        let (winner, losers) = run.split_last().expect("chunks are never empty");
+        superseded.extend(losers.iter().map(|loser| (loser.index, winner.index)));
+        newest.push(*winner);
+    }
+    (newest, superseded)
 }
 
 impl Rows for VersionRows<'_, '_> {
@@ -46,45 +81,77 @@ impl Rows for VersionRows<'_, '_> {
         self.order.len()
     }
 
+    fn index(&self, at: usize) -> usize {
+        self.order[at].index
+    }
+
     fn write<'a>(
         &'a self,
         tx: &'a Transaction<'_>,
         range: Range<usize>,
     ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
-        upsert(tx, self.events, &self.order[range])
+        let picked = self.order[range].iter().map(|item| {
+            let e = &item.value;
+            let (component, train, version) = key(e);
+            Row {
+                component,
+                train,
+                version,
+                released: e.released_at,
+                document: e.document,
+                published: e.published_at.at,
+            }
+        });
+        upsert(tx, picked)
+    }
+
+    async fn probe(&self, tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
+        let version = uuid::Uuid::new_v4().simple().to_string();
+        let now = Utc::now().naive_utc();
+        let row = Row {
+            component: "wfm-probe",
+            train: "probe",
+            version: &version,
+            released: now,
+            document: "{}",
+            published: now,
+        };
+        upsert(tx, std::iter::once(row)).await
     }
 }
 
-/// Indices of the last event per key, sorted by key (the lock order).
-fn latest_per_key(events: &[VersionEvent<'_>]) -> Vec<usize> {
-    let key = |i: usize| {
-        let e = &events[i];
-        (e.component.as_str(), e.train.as_str(), e.version.as_str())
-    };
-    let mut order: Vec<usize> = (0..events.len()).collect();
-    // Stable: equal keys keep arrival order, so the last of a run is the newest.
-    order.sort_by(|&a, &b| key(a).cmp(&key(b)));
-    let mut latest: Vec<usize> = Vec::with_capacity(order.len());
-    for i in order {
-        match latest.last_mut() {
-            Some(last) if key(*last) == key(i) => *last = i,
-            _ => latest.push(i),
-        }
-    }
-    latest
+struct Row<'r> {
+    component: &'r str,
+    train: &'r str,
+    version: &'r str,
+    released: NaiveDateTime,
+    document: &'r str,
+    published: NaiveDateTime,
 }
 
-async fn upsert(
+async fn upsert<'r>(
     tx: &Transaction<'_>,
-    events: &[VersionEvent<'_>],
-    picks: &[usize],
+    rows: impl ExactSizeIterator<Item = Row<'r>>,
 ) -> Result<u64, tokio_postgres::Error> {
-    let picked = || picks.iter().map(|&i| &events[i]);
-    let components: Vec<&str> = picked().map(|e| e.component.as_str()).collect();
-    let trains: Vec<&str> = picked().map(|e| e.train.as_str()).collect();
-    let versions: Vec<&str> = picked().map(|e| e.version.as_str()).collect();
-    let released: Vec<_> = picked().map(|e| e.released_at).collect();
-    let documents: Vec<&str> = picked().map(|e| e.document).collect();
+    let n = rows.len();
+    let (mut components, mut trains, mut versions) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut released, mut documents, mut published) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for row in rows {
+        components.push(row.component);
+        trains.push(row.train);
+        versions.push(row.version);
+        released.push(row.released);
+        documents.push(row.document);
+        published.push(row.published);
+    }
     tx.execute_typed(
         UPSERT_VERSIONS,
         &[
@@ -93,6 +160,7 @@ async fn upsert(
             (&versions, Type::TEXT_ARRAY),
             (&released, Type::TIMESTAMP_ARRAY),
             (&documents, Type::TEXT_ARRAY),
+            (&published, Type::TIMESTAMP_ARRAY),
         ],
     )
     .await

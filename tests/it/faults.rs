@@ -16,7 +16,7 @@ use crate::support::{
     broker::close_connection_named,
     process::{signal, worker_command},
     proxy::Proxy,
-    scenario::{Scenario, scenario},
+    scenario::{Copies, Scenario, scenario},
 };
 
 const TOTAL: usize = 20_000;
@@ -55,7 +55,8 @@ async fn broker_connection_cut_by_the_network_is_survived() {
     // The outage itself lasts a while: the worker must retry, not spin or exit.
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.restore();
-    env.assert_scenario_outcome(&scenario).await;
+    env.assert_scenario_outcome(&scenario, Copies::AtLeastOnce)
+        .await;
     env.assert_still_working().await;
     worker.stop().await.unwrap();
 }
@@ -72,7 +73,8 @@ async fn broker_connection_closed_by_an_operator_is_survived() {
     env.wait_for_progress(STRIKE_AT).await;
     close_connection_named(&name).await;
     strike_point(&env).await;
-    env.assert_scenario_outcome(&scenario).await;
+    env.assert_scenario_outcome(&scenario, Copies::AtLeastOnce)
+        .await;
     env.assert_still_working().await;
     worker.stop().await.unwrap();
 }
@@ -100,7 +102,8 @@ async fn database_cut_for_10_seconds_is_survived_without_acking_anything_meanwhi
     let unfinished = env.broker.ready(&env.broker.topology.checkin_queue).await;
     assert!(unfinished > 0, "the backlog waits in the queue");
     proxy.restore();
-    env.assert_scenario_outcome(&scenario).await;
+    env.assert_scenario_outcome(&scenario, Copies::ExactlyOnce)
+        .await;
     env.assert_still_working().await;
     worker.stop().await.unwrap();
 }
@@ -121,7 +124,8 @@ async fn database_connections_terminated_by_the_server_are_replaced() {
         .get(0);
     assert!(terminated > 0, "the worker's connections were terminated");
     strike_point(&env).await;
-    env.assert_scenario_outcome(&scenario).await;
+    env.assert_scenario_outcome(&scenario, Copies::ExactlyOnce)
+        .await;
     env.assert_still_working().await;
     worker.stop().await.unwrap();
 }
@@ -145,7 +149,8 @@ async fn sigkill_mid_stream_then_restart_loses_nothing_and_stores_nothing_twice(
     first.wait().await.unwrap();
     strike_point(&env).await;
     let mut second = spawn_binary(&env).await;
-    env.assert_scenario_outcome(&scenario).await;
+    env.assert_scenario_outcome(&scenario, Copies::AtLeastOnce)
+        .await;
     env.assert_still_working().await;
     signal(&second, "-TERM").await;
     assert!(second.wait().await.unwrap().success());
@@ -162,7 +167,8 @@ async fn three_replicas_with_one_killed_store_everything_exactly_once() {
     signal(&replicas[0], "-KILL").await;
     replicas[0].wait().await.unwrap();
     strike_point(&env).await;
-    env.assert_scenario_outcome(&scenario).await;
+    env.assert_scenario_outcome(&scenario, Copies::AtLeastOnce)
+        .await;
     env.assert_still_working().await;
     for replica in &mut replicas[1..] {
         signal(replica, "-TERM").await;
@@ -177,7 +183,8 @@ async fn three_replicas_bootstrapping_a_fresh_database_at_once_share_the_work() 
     for _ in 0..3 {
         replicas.push(spawn_binary(&env).await);
     }
-    env.assert_scenario_outcome(&scenario).await;
+    env.assert_scenario_outcome(&scenario, Copies::ExactlyOnce)
+        .await;
     assert_eq!(
         env.db.count("SELECT count(*) FROM schema_migrations").await,
         wfm_worker::store::MIGRATIONS.len() as i64

@@ -14,7 +14,7 @@ const OTHER: &str = "0f8e1c0d-9b7a-4f7e-9a3b-5e2a4d3c6c1f";
 async fn each_kind_of_bad_checkin_is_dead_lettered_with_its_reason_and_the_rest_is_stored() {
     let env = TestEnv::new().await;
     let mut settings = env.settings();
-    settings.pipeline.max_message_bytes = 4096;
+    settings.pipeline.limits.max_bytes = 4096;
     let oversized = format!(
         r#"{{"id":"{CLUSTER}","components":[],"pad":"{}"}}"#,
         "x".repeat(5000)
@@ -248,29 +248,74 @@ async fn a_row_postgres_refuses_mid_batch_is_dead_lettered_and_the_other_499_are
 }
 
 #[tokio::test]
-async fn a_nul_character_postgres_cannot_store_is_dead_lettered_with_its_sqlstate() {
+async fn a_nul_escape_is_dead_lettered_as_invalid_before_postgres_sees_it() {
     let env = TestEnv::new().await;
-    let nul = version_body("bad\\u0000name", "stable", "v1", "2016-08-02T17:00:00Z", "");
-    let good = version_body("good", "stable", "v1", "2016-08-02T17:00:00Z", "");
+    // PostgreSQL's json type would take it, but jsonb and ->> refuse it later.
+    let nul = checkin_body(CLUSTER, "bad\\u0000marker");
+    let good = checkin_body(OTHER, "good");
     env.broker
-        .publish_versions(&[Outgoing::new(nul).id("nul"), Outgoing::new(good).id("good")])
+        .publish_checkins(&[Outgoing::new(nul).id("nul"), Outgoing::new(good).id("good")])
         .await;
     let worker = env.start();
     env.wait_for_dead_letters(1).await;
-    env.wait_for_rows(
-        "SELECT count(*) FROM versions WHERE component_name = 'good'",
-        1,
-    )
-    .await;
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 1)
+        .await;
     let letters = env.broker.take_dead_letters().await;
+    assert_eq!(message_id(&letters[0]), "nul");
     assert_eq!(
         header(&letters[0], "x-wfm-error-kind").as_deref(),
-        Some("rejected-by-database")
+        Some("invalid")
     );
+    let reason = header(&letters[0], "x-wfm-error").unwrap();
     assert!(
-        header(&letters[0], "x-wfm-sqlstate")
-            .unwrap()
-            .starts_with("22")
+        reason.contains("\\u0000") && reason.contains("jsonb"),
+        "{reason}"
     );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn rows_postgres_refuses_with_data_or_limit_errors_are_dead_lettered_with_their_sqlstate() {
+    let env = TestEnv::new().await;
+    // Classes 22 (data exception) and 54 (program limit exceeded, as a very
+    // deep JSON document gets) belong to one row: isolate and dead-letter it.
+    env.db
+        .bootstrap_then(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.data->>'marker' = 'data' THEN RAISE EXCEPTION 'bad value' USING ERRCODE = '22023'; END IF;
+               IF NEW.data->>'marker' = 'limit' THEN RAISE EXCEPTION 'too deep' USING ERRCODE = '54001'; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON clusters_checkins FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await;
+    let messages: Vec<Outgoing> = (0..20)
+        .map(|i| {
+            let marker = match i {
+                5 => "data".to_owned(),
+                12 => "limit".to_owned(),
+                _ => format!("ok-{i}"),
+            };
+            let cluster = format!("00000000-0000-4000-8000-{i:012}");
+            Outgoing::new(checkin_body(&cluster, &marker)).id(format!("m-{i}"))
+        })
+        .collect();
+    env.broker.publish_checkins(&messages).await;
+    let worker = env.start();
+    env.wait_for_dead_letters(2).await;
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 18)
+        .await;
+    let letters = env.broker.take_dead_letters().await;
+    let by_id: HashMap<String, _> = letters.iter().map(|m| (message_id(m), m)).collect();
+    for (id, sqlstate) in [("m-5", "22023"), ("m-12", "54001")] {
+        let letter = by_id[id];
+        assert_eq!(
+            header(letter, "x-wfm-error-kind").as_deref(),
+            Some("rejected-by-database"),
+            "{id}"
+        );
+        assert_eq!(header(letter, "x-wfm-sqlstate").as_deref(), Some(sqlstate));
+    }
     worker.stop().await.unwrap();
 }

@@ -42,8 +42,7 @@ impl BenchEnv {
             dead_letter_queue: format!("wfm-bench-{tag}.dead"),
         };
         let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        declare_topology(&channel, &topology).await?;
+        declare_topology(&connection, &topology).await?;
         Ok(BenchEnv {
             admin_url: admin_url.to_owned(),
             amqp_url: amqp_url.to_owned(),

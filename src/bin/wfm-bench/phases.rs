@@ -13,7 +13,7 @@ use tokio::{process::Command, time::Instant};
 use wfm_worker::{
     app,
     broker::{CHECKIN_ROUTING_KEY, VERSION_ROUTING_KEY},
-    message::{Checkin, Envelope},
+    message::{self, Checkin, Envelope, Item},
     store,
 };
 
@@ -79,10 +79,11 @@ pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result
     let bodies: Vec<String> = (0..count).map(payload::checkin).collect();
     let ids: Vec<String> = (0..count).map(|i| format!("m-{i}")).collect();
     let received_at = chrono::Utc::now();
-    let checkins: Vec<Checkin<'_>> = bodies
+    let checkins: Vec<Item<Checkin<'_>>> = bodies
         .iter()
         .zip(&ids)
-        .map(|(body, id)| {
+        .enumerate()
+        .map(|(index, (body, id))| {
             let envelope = Envelope {
                 body: body.as_bytes(),
                 message_id: Some(id),
@@ -90,7 +91,9 @@ pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result
                 timestamp_ms: Some(payload::now_ms()),
                 received_at,
             };
-            Checkin::parse(&envelope, 1 << 20).expect("bench payload is valid")
+            let value = Checkin::parse(&envelope, &message::Limits::default())
+                .expect("bench payload is valid");
+            Item { index, value }
         })
         .collect();
     let started = Instant::now();

@@ -83,10 +83,10 @@ impl TestBroker {
         let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
             .await
             .expect("connect to local RabbitMQ");
-        let channel = connection.create_channel().await.unwrap();
-        declare_topology(&channel, &topology)
+        declare_topology(&connection, &topology)
             .await
             .expect("declare test topology");
+        let channel = connection.create_channel().await.unwrap();
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -233,12 +233,17 @@ impl Drop for TestBroker {
                 &topology.checkin_queue,
                 &topology.version_queue,
                 &topology.dead_letter_queue,
+                &topology.unrouted_queue(),
             ] {
                 let _ = channel
                     .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                     .await;
             }
-            for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
+            for exchange in [
+                &topology.exchange,
+                &topology.dead_letter_exchange,
+                &topology.unrouted_exchange(),
+            ] {
                 let _ = channel
                     .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                     .await;

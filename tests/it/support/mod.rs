@@ -83,13 +83,7 @@ impl TestEnv {
         Settings {
             database: self.db.settings(),
             broker: self.broker.settings(),
-            pipeline: PipelineSettings {
-                prefetch: 1000,
-                batch_size: 500,
-                batch_linger: Duration::from_millis(5),
-                max_message_bytes: 1 << 20,
-                max_deliveries: 5,
-            },
+            pipeline: PipelineSettings::default(),
             shutdown_timeout: Duration::from_secs(30),
             http_addr: None,
             reconnect_max: 0,

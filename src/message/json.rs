@@ -1,0 +1,173 @@
+//! JSON documents: what serde checks, and what it does not but PostgreSQL and
+//! the readers of the tables would trip on.
+//!
+//! serde_json's recursion limit guards only what is deserialized into typed
+//! fields; unknown fields are skipped unchecked, yet stored verbatim. PostgreSQL's
+//! `json` input recurses and refuses very deep documents (`54001 stack depth
+//! limit exceeded`), refuses lone surrogate escapes, and accepts `\u0000` — which
+//! `jsonb`, `->>` and every reader that casts then refuse. So before serde sees a
+//! document, one pass over its bytes bounds nesting everywhere and refuses both
+//! escapes: what is stored can always be read back as `jsonb`.
+
+use super::Rejection;
+
+/// Checks nesting depth (objects and arrays, unknown fields included) and the
+/// `\u` escapes of every string. Syntax errors are left to serde.
+pub fn guard(text: &str, max_depth: usize) -> Result<(), Rejection> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => i = string_end(bytes, i + 1)?,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(Rejection::invalid(format!(
+                        "JSON is nested deeper than {max_depth} levels (WFM_MAX_JSON_DEPTH)"
+                    )));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Index of the closing quote of the string starting at `i` (or the end of the
+/// input, for serde to report), checking each `\u` escape on the way.
+fn string_end(bytes: &[u8], mut i: usize) -> Result<usize, Rejection> {
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => return Ok(i),
+            b'\\' if bytes.get(i + 1) == Some(&b'u') => i = unicode_escape(bytes, i)?,
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    Ok(i)
+}
+
+/// Checks the `\uXXXX` escape at `i` (and the low half of a surrogate pair);
+/// returns the index after it.
+fn unicode_escape(bytes: &[u8], i: usize) -> Result<usize, Rejection> {
+    let Some(unit) = hex4(bytes, i + 2) else {
+        return Ok(i + 2); // malformed: serde reports it
+    };
+    match unit {
+        0 => Err(Rejection::invalid(
+            "JSON contains a \\u0000 escape, which PostgreSQL's jsonb cannot hold",
+        )),
+        0xD800..=0xDBFF => {
+            let low = (bytes.get(i + 6..i + 8) == Some(b"\\u"))
+                .then(|| hex4(bytes, i + 8))
+                .flatten();
+            match low {
+                Some(0xDC00..=0xDFFF) => Ok(i + 12),
+                _ => Err(lone_surrogate(unit)),
+            }
+        }
+        0xDC00..=0xDFFF => Err(lone_surrogate(unit)),
+        _ => Ok(i + 6),
+    }
+}
+
+fn lone_surrogate(unit: u32) -> Rejection {
+    Rejection::invalid(format!(
+        "JSON contains a lone surrogate escape \\u{unit:04X}, which PostgreSQL refuses"
+    ))
+}
+
+fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
+    let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+    u32::from_str_radix(digits, 16).ok()
+}
+
+/// Parses a whole JSON document into `T`, naming the offending path on failure.
+/// The document must be one JSON object: serde would otherwise accept an array
+/// for a struct, field by position.
+pub fn parse_object<'a, T: serde::Deserialize<'a>>(
+    text: &'a str,
+    what: &str,
+    max_depth: usize,
+) -> Result<T, Rejection> {
+    if !text.trim_start().starts_with('{') {
+        return Err(Rejection::invalid(format!("{what} must be a JSON object")));
+    }
+    guard(text, max_depth)?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| rejection(e.inner(), &e.path().to_string()))?;
+    de.end().map_err(|e| rejection(&e, "."))?;
+    Ok(parsed)
+}
+
+/// serde's message quotes the offending value whole; [`Rejection`] cuts it.
+fn rejection(error: &serde_json::Error, path: &str) -> Rejection {
+    use serde_json::error::Category;
+    match error.classify() {
+        Category::Data => Rejection::invalid(format!("`{path}`: {error}")),
+        Category::Io | Category::Syntax | Category::Eof => {
+            Rejection::invalid(format!("body is not valid JSON: {error}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(text: &str) -> String {
+        guard(text, 64).unwrap_err().reason
+    }
+
+    #[test]
+    fn depth_counts_unknown_fields_too() {
+        let deep = format!(r#"{{"id":1,"x":{}{}}}"#, "[".repeat(64), "]".repeat(64));
+        assert!(reason(&deep).contains("deeper than 64"));
+        let ok = format!(r#"{{"x":{}{}}}"#, "[".repeat(63), "]".repeat(63));
+        assert!(guard(&ok, 64).is_ok());
+    }
+
+    #[test]
+    fn brackets_inside_strings_are_not_nesting() {
+        let text = format!(r#"{{"x":"{}"}}"#, "[{".repeat(1000));
+        assert!(guard(&text, 64).is_ok());
+        assert!(guard(r#"{"x":"a\"[[[[[[[[[["}"#, 4).is_ok());
+    }
+
+    #[test]
+    fn a_hundred_thousand_levels_are_refused_without_recursion() {
+        let text = format!("{{\"x\":{}", "[".repeat(100_000));
+        assert!(reason(&text).contains("deeper than"));
+    }
+
+    #[test]
+    fn nul_escapes_are_refused_naming_jsonb() {
+        assert!(reason(r#"{"x":"a\u0000b"}"#).contains("\\u0000"));
+        // An escaped backslash followed by "u0000" is text, not an escape.
+        assert!(guard(r#"{"x":"a\\u0000b"}"#, 64).is_ok());
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused_and_pairs_accepted() {
+        assert!(reason(r#"{"x":"\uD800"}"#).contains("lone surrogate escape \\uD800"));
+        assert!(reason(r#"{"x":"\uDC00"}"#).contains("lone surrogate escape \\uDC00"));
+        assert!(reason(r#"{"x":"\uD800\u0041"}"#).contains("lone surrogate"));
+        assert!(guard(r#"{"x":"\uD83D\uDE00 \u00e9"}"#, 64).is_ok());
+    }
+
+    #[test]
+    fn malformed_escapes_are_left_to_serde() {
+        assert!(guard(r#"{"x":"\u12"}"#, 64).is_ok());
+        let err =
+            parse_object::<serde::de::IgnoredAny>(r#"{"x":"\u12"}"#, "a document", 64).unwrap_err();
+        assert!(
+            err.reason.starts_with("body is not valid JSON"),
+            "{}",
+            err.reason
+        );
+    }
+}

@@ -1,0 +1,356 @@
+//! One batch, from deliveries to a [`Verdict`] for each. Carrying the verdicts
+//! out on the broker is the acker's (see [`super::acker`]).
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use lapin::{message::Delivery, types::AMQPValue};
+
+use super::{PipelineError, QueueContext, QueueKind};
+use crate::{
+    message::{Checkin, Envelope, Item, Rejection, TimeCorrection, VersionEvent},
+    store::{self, ErrorClass, Pool, RowFailure, StoreError, WriteOutcome},
+};
+
+/// The final decision for one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its rows are committed (or were already stored): ack.
+    Stored,
+    /// It can never be stored: copy it to the dead-letter exchange, then ack.
+    DeadLetter(Rejection),
+    /// It failed alone: hand it back, counting the attempt (`basic.reject`).
+    Retry,
+    /// Handed back through no fault of its own (`basic.nack`).
+    Release,
+}
+
+/// What became of a batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    pub received: usize,
+    /// Rows newly stored; the rest of the valid messages were duplicates.
+    pub stored: u64,
+    pub deduplicated: u64,
+    pub dead_lettered: usize,
+    pub retried: usize,
+    pub released: usize,
+    pub redelivered: usize,
+    /// Publisher timestamps replaced by the receipt time.
+    pub corrected_times: usize,
+}
+
+/// A batch whose every delivery has its verdict.
+pub struct Decided {
+    pub deliveries: Vec<Delivery>,
+    pub verdicts: Vec<Verdict>,
+    pub report: BatchReport,
+    /// Set when the database failed as a whole: the pipeline pauses the queue.
+    pub systemic: Option<String>,
+}
+
+impl Decided {
+    /// Deliveries handed back unread (a paused or stopping queue).
+    pub fn released(deliveries: Vec<Delivery>) -> Decided {
+        let report = BatchReport {
+            received: deliveries.len(),
+            released: deliveries.len(),
+            ..BatchReport::default()
+        };
+        Decided {
+            verdicts: vec![Verdict::Release; deliveries.len()],
+            deliveries,
+            report,
+            systemic: None,
+        }
+    }
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Decides one batch and acknowledges it (the seam tests drive one batch
+/// through; the pipeline's acker does the same in batch order).
+pub async fn process_batch(
+    context: &QueueContext,
+    deliveries: Vec<Delivery>,
+) -> Result<BatchReport, PipelineError> {
+    let decided = decide(context, deliveries).await?;
+    let report = decided.report.clone();
+    let acker = super::acker::Acker::new(context, std::sync::Arc::default());
+    let copies = acker.copies();
+    acker.acknowledge(decided).await?;
+    copies.wait_for_confirms(&context.abandon).await;
+    Ok(report)
+}
+
+/// Parses every delivery, writes the valid ones, and gives each its verdict.
+/// Transient database errors are retried here, with capped exponential
+/// backoff, until they pass, shutdown comes (the batch is released), or the
+/// channel is lost (the batch is abandoned: the broker redelivers it).
+pub async fn decide(
+    context: &QueueContext,
+    deliveries: Vec<Delivery>,
+) -> Result<Decided, PipelineError> {
+    let received_at = Utc::now();
+    let limits = &context.settings.limits;
+    let mut verdicts = vec![Verdict::Stored; deliveries.len()];
+    let envelopes = deliveries.iter().map(|d| envelope(d, received_at));
+    let started = Instant::now();
+    let (written, corrected) = match context.kind {
+        QueueKind::Checkins => {
+            let items = parse_all(envelopes, |e| Checkin::parse(e, limits), &mut verdicts);
+            let corrected = corrections(context, &items, |c| {
+                (
+                    c.checked_in_at.corrected,
+                    c.cluster_id.as_uuid().to_string(),
+                )
+            });
+            (write(context, &items).await, corrected)
+        }
+        QueueKind::Versions => {
+            let items = parse_all(envelopes, |e| VersionEvent::parse(e, limits), &mut verdicts);
+            let corrected = corrections(context, &items, |v| {
+                (v.published_at.corrected, v.component.as_str().to_owned())
+            });
+            (write(context, &items).await, corrected)
+        }
+    };
+    let write_time = started.elapsed();
+    let mut report = BatchReport {
+        received: deliveries.len(),
+        redelivered: deliveries.iter().filter(|d| d.redelivered).count(),
+        corrected_times: corrected,
+        ..BatchReport::default()
+    };
+    let systemic = match written? {
+        Written::Outcome(outcome) => {
+            apply(context, &deliveries, outcome, &mut verdicts, &mut report);
+            None
+        }
+        Written::Systemic(reason) => {
+            release_valid(&mut verdicts);
+            Some(reason)
+        }
+        Written::Interrupted => {
+            release_valid(&mut verdicts);
+            None
+        }
+    };
+    tally(&verdicts, &mut report);
+    context.metrics.batch_decided(&report, write_time);
+    Ok(Decided {
+        deliveries,
+        verdicts,
+        report,
+        systemic,
+    })
+}
+
+fn parse_all<'a, T>(
+    envelopes: impl Iterator<Item = Envelope<'a>>,
+    parse: impl Fn(&Envelope<'a>) -> Result<T, Rejection>,
+    verdicts: &mut [Verdict],
+) -> Vec<Item<T>> {
+    let mut items = Vec::with_capacity(verdicts.len());
+    for (index, envelope) in envelopes.enumerate() {
+        match parse(&envelope) {
+            Ok(value) => items.push(Item { index, value }),
+            Err(rejection) => verdicts[index] = Verdict::DeadLetter(rejection),
+        }
+    }
+    items
+}
+
+/// Logs, once per message, each publisher timestamp that was not believed.
+fn corrections<T>(
+    context: &QueueContext,
+    items: &[Item<T>],
+    of: impl Fn(&T) -> (Option<TimeCorrection>, String),
+) -> usize {
+    let mut corrected = 0;
+    for item in items {
+        if let (Some(correction), subject) = of(&item.value) {
+            corrected += 1;
+            tracing::warn!(queue = %context.queue, subject = %subject, problem = correction.as_str(), "publisher timestamp not believed; using the receipt time");
+        }
+    }
+    corrected
+}
+
+enum Written {
+    Outcome(WriteOutcome),
+    /// The database fails as a whole (the reason, for readiness and logs).
+    Systemic(String),
+    /// Shutdown came while the batch waited to retry.
+    Interrupted,
+}
+
+/// The store's batched write for each kind of message.
+trait Storable: Sized {
+    fn write<'a>(
+        pool: &'a Pool,
+        items: &'a [Item<Self>],
+    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'a;
+}
+
+impl Storable for Checkin<'_> {
+    fn write<'a>(
+        pool: &'a Pool,
+        items: &'a [Item<Self>],
+    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'a {
+        store::write_checkins(pool, items)
+    }
+}
+
+impl Storable for VersionEvent<'_> {
+    fn write<'a>(
+        pool: &'a Pool,
+        items: &'a [Item<Self>],
+    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'a {
+        store::write_versions(pool, items)
+    }
+}
+
+/// Writes the items, retrying the whole batch while the failure is transient.
+async fn write<T: Storable>(
+    context: &QueueContext,
+    items: &[Item<T>],
+) -> Result<Written, PipelineError> {
+    if items.is_empty() {
+        return Ok(Written::Outcome(WriteOutcome::default()));
+    }
+    let mut delay = BACKOFF_START;
+    for attempt in 1u32.. {
+        let error = match T::write(&context.pool, items).await {
+            Ok(outcome) => return Ok(Written::Outcome(outcome)),
+            Err(error) => error,
+        };
+        if error.class() != ErrorClass::Transient || matches!(error, StoreError::Systemic { .. }) {
+            tracing::error!(queue = %context.queue, error = %error, "the database refuses every write; pausing the queue");
+            return Ok(Written::Systemic(systemic_reason(&error)));
+        }
+        tracing::warn!(queue = %context.queue, attempt, error = %error, "database write failed; retrying the batch");
+        tokio::select! {
+            () = context.abandon.cancelled() => return Err(PipelineError::Abandoned(context.queue.clone())),
+            () = context.shutdown.cancelled() => return Ok(Written::Interrupted),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(BACKOFF_CAP);
+    }
+    unreachable!("the retry loop only ends by returning")
+}
+
+/// For readiness: the SQLSTATE, not the server's text (which names hosts and objects).
+fn systemic_reason(error: &StoreError) -> String {
+    match error {
+        StoreError::Systemic { sqlstate, .. } => format!("every write fails (SQLSTATE {sqlstate})"),
+        StoreError::Pool(_) => "cannot connect to the database".to_owned(),
+        StoreError::Query(e) => format!(
+            "every write fails (SQLSTATE {})",
+            e.code().map_or("unknown", |c| c.code())
+        ),
+        StoreError::TimedOut(_) => "database writes time out".to_owned(),
+    }
+}
+
+fn release_valid(verdicts: &mut [Verdict]) {
+    for verdict in verdicts.iter_mut() {
+        if *verdict == Verdict::Stored {
+            *verdict = Verdict::Release;
+        }
+    }
+}
+
+/// Turns the write's failures into verdicts: refused data is dead-lettered; a
+/// message failing alone is retried until its delivery limit, then
+/// dead-lettered; a superseded event shares its winner's fate.
+fn apply(
+    context: &QueueContext,
+    deliveries: &[Delivery],
+    outcome: WriteOutcome,
+    verdicts: &mut [Verdict],
+    report: &mut BatchReport,
+) {
+    report.stored = outcome.stored;
+    for (index, failure) in outcome.failed {
+        verdicts[index] = match failure {
+            RowFailure::Refused(rejection) => Verdict::DeadLetter(rejection),
+            RowFailure::Failed(error) => retry_or_give_up(context, &deliveries[index], error),
+        };
+    }
+    for (loser, winner) in outcome.superseded {
+        if verdicts[winner] != Verdict::Stored {
+            verdicts[loser] = Verdict::Release;
+        }
+    }
+    let written = verdicts.iter().filter(|v| **v == Verdict::Stored).count() as u64;
+    report.deduplicated = written.saturating_sub(outcome.stored);
+}
+
+fn retry_or_give_up(context: &QueueContext, delivery: &Delivery, error: String) -> Verdict {
+    let attempts = delivery_count(delivery) + 1;
+    if attempts >= context.settings.max_deliveries {
+        return Verdict::DeadLetter(Rejection::too_many_deliveries(format!(
+            "failed on each of {attempts} deliveries; last error: {error}"
+        )));
+    }
+    tracing::warn!(queue = %context.queue, message_id = message_id(delivery), attempt = attempts, error = %error, "message failed alone; handing it back for another attempt");
+    Verdict::Retry
+}
+
+fn tally(verdicts: &[Verdict], report: &mut BatchReport) {
+    for verdict in verdicts {
+        match verdict {
+            Verdict::Stored => {}
+            Verdict::DeadLetter(_) => report.dead_lettered += 1,
+            Verdict::Retry => report.retried += 1,
+            Verdict::Release => report.released += 1,
+        }
+    }
+}
+
+fn envelope(delivery: &Delivery, received_at: chrono::DateTime<Utc>) -> Envelope<'_> {
+    let properties = &delivery.properties;
+    Envelope {
+        body: &delivery.data,
+        message_id: properties.message_id().as_ref().map(|id| id.as_str()),
+        timestamp_secs: *properties.timestamp(),
+        timestamp_ms: header_int(delivery, "timestamp_in_ms"),
+        received_at,
+    }
+}
+
+/// The message id for logs (at most 255 bytes: an AMQP shortstr).
+pub(super) fn message_id(delivery: &Delivery) -> &str {
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map_or("-", |id| id.as_str())
+}
+
+/// Earlier deliveries of this message, as counted by the quorum queue. A first
+/// delivery has none, whatever header a publisher may have set.
+fn delivery_count(delivery: &Delivery) -> u32 {
+    if !delivery.redelivered {
+        return 0;
+    }
+    header_int(delivery, "x-delivery-count").map_or(0, |n| n.clamp(0, u32::MAX as i64) as u32)
+}
+
+/// An integer header of any integer type; anything else counts as absent.
+fn header_int(delivery: &Delivery, name: &str) -> Option<i64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}

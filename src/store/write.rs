@@ -1,0 +1,168 @@
+//! One batch, one transaction — and neither a poison row nor a sick database
+//! is mistaken for the other.
+//!
+//! The happy path is a single transaction with no savepoints. When the whole
+//! batch fails for a reason that is not transient, one neutral row is written
+//! the same way in a transaction that is rolled back (the probe):
+//! - the probe fails too: the fault is the database's ([`StoreError::Systemic`]);
+//!   no message is blamed, the pipeline hands the batch back and pauses;
+//! - the probe succeeds: some rows are at fault. The batch runs again, bisected
+//!   under savepoints until the offending rows are found; everything else
+//!   commits in that same transaction. With k bad rows in n that costs
+//!   O(k log n) statements.
+//!
+//! Two poison messages therefore never look systemic, and a revoked grant never
+//! dead-letters a stream.
+
+use std::{future::Future, ops::Range, sync::atomic::Ordering, time::Duration};
+
+use tokio_postgres::Transaction;
+
+use super::{
+    ErrorClass, PgConnection, Pool, StoreError, classify,
+    error::{data_rejection, describe},
+};
+use crate::message::Rejection;
+
+/// What became of a batch that committed.
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    /// Rows newly stored (duplicates of earlier messages are not counted).
+    pub stored: u64,
+    /// Messages that could not be written, by batch index.
+    pub failed: Vec<(usize, RowFailure)>,
+    /// (loser, winner) batch indices: events replaced inside the batch by a
+    /// newer one for the same key; each shares its winner's fate.
+    pub superseded: Vec<(usize, usize)>,
+}
+
+/// Why one row could not be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowFailure {
+    /// PostgreSQL refused its data (SQLSTATE class 22, 23 or 54): never storable.
+    Refused(Rejection),
+    /// Failed alone for another reason (the error); may succeed later.
+    Failed(String),
+}
+
+/// A batch of rows that can be written in parts, in write order.
+pub(crate) trait Rows: Sync {
+    fn len(&self) -> usize;
+
+    /// Batch index of the row at write position `at`.
+    fn index(&self, at: usize) -> usize;
+
+    /// Stores the rows at write positions `range` with set-based statements;
+    /// returns how many were newly stored.
+    fn write<'a>(
+        &'a self,
+        tx: &'a Transaction<'_>,
+        range: Range<usize>,
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a;
+
+    /// Writes one neutral row exactly as `write` would (rolled back afterwards).
+    fn probe<'a>(
+        &'a self,
+        tx: &'a Transaction<'_>,
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a;
+}
+
+/// Writes `rows`, isolating the ones that cannot be written. Transient errors
+/// and systemic failures abort the whole batch (nothing committed).
+pub(crate) async fn write_batch(pool: &Pool, rows: &impl Rows) -> Result<WriteOutcome, StoreError> {
+    let mut conn = pool.get().await?;
+    let breaker = conn.breaker();
+    match tokio::time::timeout(BATCH_TIMEOUT, write_in_transactions(&mut conn, rows)).await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(error)) => {
+            if error.breaks_connection() {
+                conn.mark_broken();
+            }
+            Err(error)
+        }
+        Err(_) => {
+            // The connection may still be mid-statement: never reuse it.
+            breaker.store(true, Ordering::Relaxed);
+            Err(StoreError::TimedOut(BATCH_TIMEOUT))
+        }
+    }
+}
+
+/// Longest a batch may take before its connection is given up as hung (a
+/// black-holed network sends no reset). Far above any healthy batch (~15 ms
+/// for 500 checkins), and below the broker's 30-minute delivery timeout.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn write_in_transactions(
+    conn: &mut PgConnection,
+    rows: &impl Rows,
+) -> Result<WriteOutcome, StoreError> {
+    let tx = conn.transaction().await?;
+    match rows.write(&tx, 0..rows.len()).await {
+        Ok(stored) => {
+            tx.commit().await?;
+            return Ok(WriteOutcome {
+                stored,
+                ..WriteOutcome::default()
+            });
+        }
+        Err(e) if classify(&e) == ErrorClass::Transient => return Err(e.into()),
+        Err(e) => {
+            tracing::info!(error = %describe(&e), batch = rows.len(), "batch refused by the database; probing whether the database or the batch is at fault");
+            tx.rollback().await?;
+        }
+    }
+    probe(conn, rows).await?;
+    let mut tx = conn.transaction().await?;
+    let outcome = bisect(&mut tx, rows).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Ok when a neutral row can be written: the batch, not the database, is at fault.
+async fn probe(conn: &mut PgConnection, rows: &impl Rows) -> Result<(), StoreError> {
+    let tx = conn.transaction().await?;
+    let probed = rows.probe(&tx).await;
+    tx.rollback().await?;
+    match probed {
+        Ok(_) => Ok(()),
+        Err(e) if classify(&e) == ErrorClass::Transient => Err(e.into()),
+        Err(e) => Err(StoreError::Systemic {
+            sqlstate: e.code().map_or_else(String::new, |c| c.code().to_owned()),
+            message: describe(&e),
+        }),
+    }
+}
+
+async fn bisect(tx: &mut Transaction<'_>, rows: &impl Rows) -> Result<WriteOutcome, StoreError> {
+    let mut outcome = WriteOutcome::default();
+    // Halves of a failed range are pushed second-first, so ranges run in order.
+    let mut pending: Vec<Range<usize>> = Vec::with_capacity(16);
+    pending.push(0..rows.len());
+    while let Some(range) = pending.pop() {
+        let savepoint = tx.savepoint("wfm_isolate").await?;
+        let result = rows.write(&savepoint, range.clone()).await;
+        let error = match result {
+            Ok(stored) => {
+                savepoint.commit().await?;
+                outcome.stored += stored;
+                continue;
+            }
+            Err(error) => error,
+        };
+        savepoint.rollback().await?;
+        let failure = match classify(&error) {
+            ErrorClass::Transient => return Err(error.into()),
+            _ if range.len() > 1 => {
+                let mid = range.start + range.len() / 2;
+                pending.push(mid..range.end);
+                pending.push(range.start..mid);
+                continue;
+            }
+            ErrorClass::Data => RowFailure::Refused(data_rejection(&error)),
+            ErrorClass::Other => RowFailure::Failed(describe(&error)),
+        };
+        outcome.failed.push((rows.index(range.start), failure));
+    }
+    Ok(outcome)
+}
