@@ -122,12 +122,20 @@ impl Selection {
     }
 }
 
+/// A listing: the first entries, and how many messages the queue held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    pub total: u32,
+}
+
 /// Lists up to `limit` messages, leaving the queue as it was.
-pub async fn list(settings: &BrokerSettings, limit: usize) -> Result<Vec<Entry>, BrokerError> {
+pub async fn list(settings: &BrokerSettings, limit: usize) -> Result<Listing, BrokerError> {
     let connection = broker::connect(settings, "wfm-worker dlq").await?;
     let channel = open(&connection, "opening a channel").await?;
+    let total = ready(&channel, &settings.topology.dead_letter_queue).await?;
     let mut entries = Vec::new();
-    while entries.len() < limit {
+    while entries.len() < limit.min(total as usize) {
         let Some(message) = get(&channel, &settings.topology.dead_letter_queue).await? else {
             break;
         };
@@ -135,23 +143,46 @@ pub async fn list(settings: &BrokerSettings, limit: usize) -> Result<Vec<Entry>,
     }
     // Closing hands every message taken back, unacknowledged.
     let _ = connection.close(200, "listed".into()).await;
-    Ok(entries)
+    Ok(Listing { entries, total })
 }
 
-/// Replays the selected messages to the queues they came from; returns what
-/// was replayed (or, with a dry run, would be).
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// Replayed (or, with a dry run, would be).
+    pub replayed: Vec<Entry>,
+    /// Messages in the queue when the replay started: the most it looks at.
+    pub examined: u32,
+    /// Looked at and left in place: not selected, or with no source queue.
+    pub skipped: usize,
+}
+
+/// Replays the selected messages to the queues they came from.
+///
+/// Only the messages in the dead-letter queue when it starts are examined
+/// (their count, from a passive declare, bounds the loop): a replayed message
+/// that is still invalid comes back to the queue's tail, and must not be
+/// taken again by the same replay (it would loop for ever). Messages not
+/// replayed are held unacknowledged until the end, so each `basic.get` returns
+/// a message not yet seen.
 pub async fn replay(
     settings: &BrokerSettings,
     selection: &Selection,
     dry_run: bool,
-) -> Result<Vec<Entry>, BrokerError> {
+) -> Result<Replay, BrokerError> {
     let connection = broker::connect(settings, "wfm-worker dlq").await?;
     let taking = open(&connection, "opening a channel").await?;
     let publishing = broker::confirm_channel(&connection).await?;
+    let examined = ready(&taking, &settings.topology.dead_letter_queue).await?;
     let mut replayed = Vec::new();
-    while let Some(message) = get(&taking, &settings.topology.dead_letter_queue).await? {
+    let mut skipped = 0;
+    for _ in 0..examined {
+        let Some(message) = get(&taking, &settings.topology.dead_letter_queue).await? else {
+            break;
+        };
         let entry = Entry::of(&message);
         if !selection.includes(&entry) || entry.queue.is_empty() {
+            skipped += 1;
             continue;
         }
         if !dry_run {
@@ -169,7 +200,27 @@ pub async fn replay(
         replayed.push(entry);
     }
     let _ = connection.close(200, "replayed".into()).await;
-    Ok(replayed)
+    Ok(Replay {
+        replayed,
+        examined,
+        skipped,
+    })
+}
+
+/// Messages ready in `queue`, exactly (a passive declare).
+async fn ready(channel: &Channel, queue: &str) -> Result<u32, BrokerError> {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .map(|q| q.message_count())
+        .map_err(|source| BrokerError::Channel {
+            doing: "counting the dead-letter queue",
+            source,
+        })
 }
 
 async fn open(connection: &lapin::Connection, doing: &'static str) -> Result<Channel, BrokerError> {

@@ -96,25 +96,44 @@ async fn publish(command: PublishCommand) -> anyhow::Result<()> {
 
 async fn dead_letters(command: DlqCommand) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
-    let (entries, verb) = match command {
-        DlqCommand::List(args) => (dlq::list(&args.broker.validate()?, args.limit).await?, None),
+    match command {
+        DlqCommand::List(args) => {
+            let listing = dlq::list(&args.broker.validate()?, args.limit).await?;
+            print_entries(&listing.entries, now);
+            eprintln!(
+                "{} message(s) in the dead-letter queue; {} shown (--limit {})",
+                listing.total,
+                listing.entries.len(),
+                args.limit
+            );
+        }
         DlqCommand::Replay(args) => {
             let selection = if args.all {
                 dlq::Selection::All
             } else {
                 dlq::Selection::Ids(args.message_id.into_iter().collect())
             };
-            let replayed = dlq::replay(&args.broker.validate()?, &selection, args.dry_run).await?;
+            let done = dlq::replay(&args.broker.validate()?, &selection, args.dry_run).await?;
+            print_entries(&done.replayed, now);
             let verb = if args.dry_run {
                 "would replay"
             } else {
                 "replayed"
             };
-            (replayed, Some(verb))
+            eprintln!(
+                "{verb} {} of the {} message(s) in the dead-letter queue; {} left in place",
+                done.replayed.len(),
+                done.examined,
+                done.skipped
+            );
         }
-    };
+    }
+    Ok(())
+}
+
+fn print_entries(entries: &[dlq::Entry], now: chrono::DateTime<chrono::Utc>) {
     println!("{:<38} {:<24} {:>5}  REASON", "MESSAGE ID", "QUEUE", "AGE");
-    for entry in &entries {
+    for entry in entries {
         println!(
             "{:<38} {:<24} {:>5}  {}",
             entry.message_id,
@@ -123,10 +142,6 @@ async fn dead_letters(command: DlqCommand) -> anyhow::Result<()> {
             entry.reason
         );
     }
-    if let Some(verb) = verb {
-        eprintln!("{verb} {} message(s)", entries.len());
-    }
-    Ok(())
 }
 
 async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {

@@ -4,6 +4,16 @@
 
 use tracing_subscriber::{EnvFilter, fmt};
 
+/// lapin logs every message the broker returns at `warn`, body included; a
+/// returned dead-letter copy is the original payload. The worker reports
+/// refused copies itself, without the payload, so lapin's line is always off
+/// (whatever `RUST_LOG` says).
+fn quiet_returned_messages() -> tracing_subscriber::filter::Directive {
+    "lapin::returned_messages=off"
+        .parse()
+        .expect("a valid directive")
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -14,7 +24,9 @@ pub enum LogFormat {
 /// Installs the global subscriber. Logs go to stderr, leaving stdout to
 /// commands that print results.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(quiet_returned_messages());
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // Ignoring the error: a subscriber already installed (tests) is fine.
     let _ = match format {

@@ -7,6 +7,7 @@ mod bootstrap;
 mod checkins;
 mod dead_letters;
 mod faults;
+mod hostile;
 mod operations;
 mod publisher;
 mod rds;

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Mutex, time::Duration};
 use wfm_worker::http;
 
 use crate::support::{
-    CLUSTER, Outgoing, RunningWorker, TestEnv, checkin_body, proxy::Proxy, wait_until,
+    CLUSTER, Outgoing, RunningWorker, TestEnv, checkin_body, proxy::Proxy, sample, wait_until,
 };
 
 fn free_port() -> SocketAddr {
@@ -53,21 +53,6 @@ async fn readiness_turns_503_naming_the_database_while_it_is_cut_and_200_after()
     proxy.restore();
     wait_for_status(addr, "/readyz", 200).await;
     worker.stop().await.unwrap();
-}
-
-/// The value of the sample `name{labels}` in a Prometheus text exposition.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            let matches = metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            matches.then(|| value.parse().ok()).flatten()
-        })
 }
 
 #[tokio::test]

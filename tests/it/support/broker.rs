@@ -18,6 +18,7 @@ use wfm_worker::{
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 pub struct TestBroker {
+    pub url: String,
     pub topology: Topology,
     pub connection: Connection,
     pub channel: Channel,
@@ -30,6 +31,8 @@ pub struct Outgoing {
     pub message_id: Option<String>,
     pub timestamp_secs: Option<u64>,
     pub timestamp_ms: Option<i64>,
+    /// Any other headers, of any type.
+    pub headers: Vec<(String, AMQPValue)>,
 }
 
 impl Outgoing {
@@ -50,6 +53,11 @@ impl Outgoing {
         self
     }
 
+    pub fn header(mut self, name: &str, value: AMQPValue) -> Self {
+        self.headers.push((name.to_owned(), value));
+        self
+    }
+
     fn properties(&self) -> BasicProperties {
         let mut properties = BasicProperties::default().with_delivery_mode(2);
         if let Some(id) = &self.message_id {
@@ -58,9 +66,14 @@ impl Outgoing {
         if let Some(secs) = self.timestamp_secs {
             properties = properties.with_timestamp(secs);
         }
+        let mut headers = FieldTable::default();
         if let Some(ms) = self.timestamp_ms {
-            let mut headers = FieldTable::default();
             headers.insert("timestamp_in_ms".into(), AMQPValue::LongLongInt(ms));
+        }
+        for (name, value) in &self.headers {
+            headers.insert(name.as_str().into(), value.clone());
+        }
+        if !headers.inner().is_empty() {
             properties = properties.with_headers(headers);
         }
         properties
@@ -71,6 +84,11 @@ impl TestBroker {
     /// Declares this test's topology (the worker's own code) so that messages
     /// published before the worker starts are routed, not dropped.
     pub async fn create() -> TestBroker {
+        Self::create_at(AMQP_URL).await
+    }
+
+    /// The same, on another broker (a private node).
+    pub async fn create_at(url: &str) -> TestBroker {
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let tag = &tag[..12];
         let topology = Topology {
@@ -80,7 +98,7 @@ impl TestBroker {
             dead_letter_exchange: format!("wfm-test-{tag}.dlx"),
             dead_letter_queue: format!("wfm-test-{tag}.dead"),
         };
-        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("connect to local RabbitMQ");
         declare_topology(&connection, &topology)
@@ -92,6 +110,7 @@ impl TestBroker {
             .await
             .unwrap();
         TestBroker {
+            url: url.to_owned(),
             topology,
             connection,
             channel,
@@ -100,7 +119,7 @@ impl TestBroker {
 
     pub fn settings(&self) -> BrokerSettings {
         BrokerSettings {
-            uri: AMQP_URL.parse::<AMQPUri>().unwrap(),
+            uri: self.url.parse::<AMQPUri>().unwrap(),
             ca_file: None,
             connection_name: format!("{}-worker", self.topology.exchange),
             topology: self.topology.clone(),
@@ -168,8 +187,8 @@ impl TestBroker {
     }
 }
 
-/// Closes, as an operator would, the broker connection with this client-given name.
-pub async fn close_connection_named(name: &str) {
+/// Server-side ids (pids) of the broker connections with this client-given name.
+pub async fn connection_pids(name: &str) -> Vec<String> {
     let listed = tokio::process::Command::new("rabbitmqctl")
         .args([
             "list_connections",
@@ -181,21 +200,47 @@ pub async fn close_connection_named(name: &str) {
         .output()
         .await
         .expect("rabbitmqctl runs");
-    let listed = String::from_utf8_lossy(&listed.stdout);
-    let pids: Vec<&str> = listed
+    String::from_utf8_lossy(&listed.stdout)
         .lines()
         .filter(|line| line.contains(&format!("\"connection_name\",\"{name}\"")))
         .filter_map(|line| line.split('\t').next())
-        .collect();
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Closes, as an operator would, the broker connection with this client-given name.
+pub async fn close_connection_named(name: &str) {
+    let pids = connection_pids(name).await;
     assert!(!pids.is_empty(), "no broker connection named {name}");
     for pid in pids {
         let closed = tokio::process::Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "closed by a fault test"])
+            .args(["close_connection", &pid, "closed by a fault test"])
             .output()
             .await
             .unwrap();
         assert!(closed.status.success());
     }
+}
+
+/// Messages of `queue` delivered and not yet acknowledged, as the broker
+/// counts them (quorum queue counters lag by seconds: poll).
+pub async fn unacknowledged(queue: &str) -> Option<u64> {
+    let listed = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "--quiet",
+            "--no-table-headers",
+            "name",
+            "messages_unacknowledged",
+        ])
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .find(|(name, _)| *name == queue)
+        .and_then(|(_, n)| n.trim().parse().ok())
 }
 
 /// The `message_id` of a message taken from a queue.
@@ -222,9 +267,9 @@ pub fn header(message: &BasicGetMessage, name: &str) -> Option<String> {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         let topology = self.topology.clone();
+        let url = self.url.clone();
         super::clean_up(async move {
-            let Ok(connection) =
-                Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+            let Ok(connection) = Connection::connect(&url, ConnectionProperties::default()).await
             else {
                 return;
             };

@@ -2,9 +2,12 @@
 //! run in-process through the same `app::run` as the binary, and waiting on
 //! conditions with a deadline (never a bare sleep).
 
+pub mod amqp_tap;
 pub mod broker;
 pub mod certs;
 pub mod db;
+pub mod hostile;
+pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod scenario;
@@ -76,6 +79,13 @@ impl TestEnv {
     pub async fn new() -> TestEnv {
         init_logs();
         let (db, broker) = tokio::join!(TestDb::create(), TestBroker::create());
+        TestEnv { db, broker }
+    }
+
+    /// The same, on a broker of the test's own (a private node).
+    pub async fn on(url: &str) -> TestEnv {
+        init_logs();
+        let (db, broker) = tokio::join!(TestDb::create(), TestBroker::create_at(url));
         TestEnv { db, broker }
     }
 
@@ -168,4 +178,19 @@ pub fn version_body(
     format!(
         r#"{{"component":{{"name":"{component}"}},"version":{{"train":"{train}","version":"{version}","released":"{released}","data":{{"description":"{notes}","fixes":"none"}}}}}}"#
     )
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            let matches = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse().ok()).flatten()
+        })
 }

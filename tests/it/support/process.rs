@@ -5,7 +5,7 @@ use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
-use super::{TestEnv, broker::AMQP_URL};
+use super::TestEnv;
 
 pub fn free_port() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -21,12 +21,13 @@ pub fn worker_command(env: &TestEnv) -> Command {
     command
         .env_clear()
         .env("WFM_DATABASE_URL", env.db.url())
-        .env("WFM_AMQP_URL", AMQP_URL)
+        .env("WFM_AMQP_URL", &env.broker.url)
         .env("WFM_EXCHANGE", &t.exchange)
         .env("WFM_CHECKIN_QUEUE", &t.checkin_queue)
         .env("WFM_VERSION_QUEUE", &t.version_queue)
         .env("WFM_DEAD_LETTER_EXCHANGE", &t.dead_letter_exchange)
         .env("WFM_DEAD_LETTER_QUEUE", &t.dead_letter_queue)
+        .env("WFM_CONNECTION_NAME", format!("{}-worker", t.exchange))
         .env("WFM_HTTP_ADDR", free_port().to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

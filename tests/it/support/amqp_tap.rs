@@ -1,0 +1,148 @@
+//! A proxy in front of the broker that records the acknowledgement frames the
+//! worker sends (`basic.ack`, `basic.reject`, `basic.nack`), so a test can see
+//! which one the worker chose — the difference RabbitMQ 4.3 makes in counting
+//! deliveries, which the local 3.x broker does not show.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// One acknowledgement frame, as sent by the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub method: Method,
+    pub channel: u16,
+    pub delivery_tag: u64,
+    pub multiple: bool,
+    pub requeue: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Ack,
+    Reject,
+    Nack,
+}
+
+pub struct AmqpTap {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Ack>>>,
+}
+
+impl AmqpTap {
+    pub async fn start(target: SocketAddr) -> AmqpTap {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(forward(client, target, recorded.clone()));
+            }
+        });
+        AmqpTap { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Every acknowledgement frame seen so far.
+    pub fn acks(&self) -> Vec<Ack> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn forward(client: TcpStream, target: SocketAddr, seen: Arc<Mutex<Vec<Ack>>>) {
+    let Ok(server) = TcpStream::connect(target).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+    let upstream = async {
+        let mut parser = Parser::default();
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            parser.feed(&buffer[..n], &seen);
+            if server_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = server_write.shutdown().await;
+    };
+    tokio::select! {
+        _ = downstream => {}
+        () = upstream => {}
+    }
+}
+
+/// Splits the client's byte stream into frames (AMQP 0-9-1 §4.2.3: type,
+/// channel, size, payload, 0xCE), after the 8-byte protocol header.
+#[derive(Default)]
+struct Parser {
+    pending: Vec<u8>,
+    header_seen: bool,
+}
+
+impl Parser {
+    fn feed(&mut self, bytes: &[u8], seen: &Mutex<Vec<Ack>>) {
+        self.pending.extend_from_slice(bytes);
+        if !self.header_seen {
+            if self.pending.len() < 8 {
+                return;
+            }
+            self.pending.drain(..8);
+            self.header_seen = true;
+        }
+        while self.pending.len() >= 7 {
+            let size = u32::from_be_bytes(self.pending[3..7].try_into().unwrap()) as usize;
+            if self.pending.len() < 7 + size + 1 {
+                return;
+            }
+            let frame: Vec<u8> = self.pending.drain(..7 + size + 1).collect();
+            if frame[0] == 1 {
+                let channel = u16::from_be_bytes([frame[1], frame[2]]);
+                if let Some(ack) = ack(channel, &frame[7..7 + size]) {
+                    seen.lock().unwrap().push(ack);
+                }
+            }
+        }
+    }
+}
+
+/// basic (class 60): ack = 80, reject = 90, nack = 120; then the delivery
+/// tag (u64) and a bit octet (multiple = bit 0; requeue = bit 0 of reject,
+/// bit 1 of nack).
+fn ack(channel: u16, payload: &[u8]) -> Option<Ack> {
+    let class = u16::from_be_bytes([payload[0], payload[1]]);
+    let method = u16::from_be_bytes([payload[2], payload[3]]);
+    if class != 60 || payload.len() < 13 {
+        return None;
+    }
+    let delivery_tag = u64::from_be_bytes(payload[4..12].try_into().unwrap());
+    let bits = payload[12];
+    let (method, multiple, requeue) = match method {
+        80 => (Method::Ack, bits & 1 != 0, false),
+        90 => (Method::Reject, false, bits & 1 != 0),
+        120 => (Method::Nack, bits & 1 != 0, bits & 2 != 0),
+        _ => return None,
+    };
+    Some(Ack {
+        method,
+        channel,
+        delivery_tag,
+        multiple,
+        requeue,
+    })
+}
