@@ -9,7 +9,7 @@ use lapin::{message::Delivery, types::AMQPValue};
 use super::{PipelineError, QueueContext, QueueKind};
 use crate::{
     message::{Checkin, Envelope, Item, Rejection, TimeCorrection, VersionEvent},
-    store::{self, ErrorClass, Pool, RowFailure, StoreError, WriteOutcome},
+    store::{self, ErrorClass, PgConnection, RowFailure, StoreError, WriteOutcome},
 };
 
 /// The final decision for one delivery.
@@ -189,26 +189,43 @@ enum Written {
 /// The store's batched write for each kind of message.
 trait Storable: Sized {
     fn write<'a>(
-        pool: &'a Pool,
+        conn: &'a mut PgConnection,
         items: &'a [Item<Self>],
     ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'a;
 }
 
 impl Storable for Checkin<'_> {
     fn write<'a>(
-        pool: &'a Pool,
+        conn: &'a mut PgConnection,
         items: &'a [Item<Self>],
     ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'a {
-        store::write_checkins(pool, items)
+        store::write_checkins(conn, items)
     }
 }
 
 impl Storable for VersionEvent<'_> {
     fn write<'a>(
-        pool: &'a Pool,
+        conn: &'a mut PgConnection,
         items: &'a [Item<Self>],
     ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'a {
-        store::write_versions(pool, items)
+        store::write_versions(conn, items)
+    }
+}
+
+/// One attempt: a connection (waiting for it gives way to shutdown; a batch
+/// already writing is never cut), then the write.
+async fn attempt<T: Storable>(
+    context: &QueueContext,
+    items: &[Item<T>],
+) -> Option<Result<WriteOutcome, StoreError>> {
+    let connection = tokio::select! {
+        biased;
+        () = context.shutdown.cancelled() => return None,
+        connection = context.pool.get() => connection,
+    };
+    match connection {
+        Ok(mut conn) => Some(T::write(&mut conn, items).await),
+        Err(error) => Some(Err(error.into())),
     }
 }
 
@@ -221,16 +238,17 @@ async fn write<T: Storable>(
         return Ok(Written::Outcome(WriteOutcome::default()));
     }
     let mut delay = BACKOFF_START;
-    for attempt in 1u32.. {
-        let error = match T::write(&context.pool, items).await {
-            Ok(outcome) => return Ok(Written::Outcome(outcome)),
-            Err(error) => error,
+    for attempt_number in 1u32.. {
+        let error = match attempt(context, items).await {
+            None => return Ok(Written::Interrupted),
+            Some(Ok(outcome)) => return Ok(Written::Outcome(outcome)),
+            Some(Err(error)) => error,
         };
         if error.class() != ErrorClass::Transient || matches!(error, StoreError::Systemic { .. }) {
             tracing::error!(queue = %context.queue, error = %error, "the database refuses every write; pausing the queue");
             return Ok(Written::Systemic(systemic_reason(&error)));
         }
-        tracing::warn!(queue = %context.queue, attempt, error = %error, "database write failed; retrying the batch");
+        tracing::warn!(queue = %context.queue, attempt = attempt_number, error = %error, "database write failed; retrying the batch");
         tokio::select! {
             () = context.abandon.cancelled() => return Err(PipelineError::Abandoned(context.queue.clone())),
             () = context.shutdown.cancelled() => return Ok(Written::Interrupted),

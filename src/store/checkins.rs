@@ -7,7 +7,7 @@ use tokio_postgres::{Transaction, types::Type};
 use uuid::Uuid;
 
 use super::{
-    Pool, StoreError,
+    PgConnection, StoreError,
     write::{Rows, WriteOutcome, write_batch},
 };
 use crate::message::{Checkin, Item};
@@ -43,12 +43,12 @@ SELECT count(*) FROM inserted";
 
 /// Stores a batch of checkins in one transaction; failures name batch indices.
 pub async fn write_checkins(
-    pool: &Pool,
+    conn: &mut PgConnection,
     checkins: &[Item<Checkin<'_>>],
 ) -> Result<WriteOutcome, StoreError> {
     let mut order: Vec<&Item<Checkin<'_>>> = checkins.iter().collect();
     order.sort_unstable_by(|a, b| a.value.key.cmp(&b.value.key));
-    write_batch(pool, &CheckinRows { order }).await
+    write_batch(conn, &CheckinRows { order }).await
 }
 
 struct CheckinRows<'c, 'd> {

@@ -7,7 +7,7 @@ use chrono::{NaiveDateTime, Utc};
 use tokio_postgres::{Transaction, types::Type};
 
 use super::{
-    Pool, StoreError,
+    PgConnection, StoreError,
     write::{Rows, WriteOutcome, write_batch},
 };
 use crate::message::{Item, VersionEvent};
@@ -30,11 +30,11 @@ ON CONFLICT (component_name, train, version) DO UPDATE
 /// the same triple in one batch only the newest publish is written (one upsert
 /// may not touch a row twice); the others are reported as superseded by it.
 pub async fn write_versions(
-    pool: &Pool,
+    conn: &mut PgConnection,
     events: &[Item<VersionEvent<'_>>],
 ) -> Result<WriteOutcome, StoreError> {
     let (order, superseded) = newest_per_key(events);
-    let mut outcome = write_batch(pool, &VersionRows { order }).await?;
+    let mut outcome = write_batch(conn, &VersionRows { order }).await?;
     outcome.superseded = superseded;
     Ok(outcome)
 }

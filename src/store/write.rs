@@ -19,7 +19,7 @@ use std::{future::Future, ops::Range, sync::atomic::Ordering, time::Duration};
 use tokio_postgres::Transaction;
 
 use super::{
-    ErrorClass, PgConnection, Pool, StoreError, classify,
+    ErrorClass, PgConnection, StoreError, classify,
     error::{data_rejection, describe},
 };
 use crate::message::Rejection;
@@ -67,12 +67,20 @@ pub(crate) trait Rows: Sync {
     ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a;
 }
 
-/// Writes `rows`, isolating the ones that cannot be written. Transient errors
-/// and systemic failures abort the whole batch (nothing committed).
-pub(crate) async fn write_batch(pool: &Pool, rows: &impl Rows) -> Result<WriteOutcome, StoreError> {
-    let mut conn = pool.get().await?;
+/// Writes `rows` on `conn`, isolating the ones that cannot be written.
+/// Transient errors and systemic failures abort the whole batch (nothing
+/// committed). A connection that fails in a way that makes it unusable, or
+/// whose batch is cut off (a time-out, or the caller dropping this future), is
+/// marked broken: the pool never hands it out again mid-transaction.
+pub(crate) async fn write_batch(
+    conn: &mut PgConnection,
+    rows: &impl Rows,
+) -> Result<WriteOutcome, StoreError> {
     let breaker = conn.breaker();
-    match tokio::time::timeout(BATCH_TIMEOUT, write_in_transactions(&mut conn, rows)).await {
+    let cut_off = BreakOnDrop(breaker.clone());
+    let written = tokio::time::timeout(BATCH_TIMEOUT, write_in_transactions(conn, rows)).await;
+    std::mem::forget(cut_off);
+    match written {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(error)) => {
             if error.breaks_connection() {
@@ -85,6 +93,16 @@ pub(crate) async fn write_batch(pool: &Pool, rows: &impl Rows) -> Result<WriteOu
             breaker.store(true, Ordering::Relaxed);
             Err(StoreError::TimedOut(BATCH_TIMEOUT))
         }
+    }
+}
+
+/// Marks a connection broken unless forgotten: dropped only when the write
+/// future is dropped mid-batch.
+struct BreakOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for BreakOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

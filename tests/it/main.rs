@@ -1,10 +1,12 @@
 //! Integration tests: one binary, a module per capability, all against the local
 //! PostgreSQL and RabbitMQ. Each test has its own database and broker names.
 
+mod acknowledgements;
 mod batching;
 mod binary;
 mod bootstrap;
 mod checkins;
+mod dead_letter_routing;
 mod dead_letters;
 mod faults;
 mod hostile;
@@ -14,6 +16,7 @@ mod rds;
 mod rejections;
 mod shutdown;
 mod support;
+mod systemic;
 mod tls;
 mod topology;
 mod versions;

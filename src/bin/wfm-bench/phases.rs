@@ -98,7 +98,8 @@ pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result
         .collect();
     let started = Instant::now();
     for batch in checkins.chunks(limits.batch_size) {
-        store::write_checkins(&pool, batch).await?;
+        let mut conn = pool.get().await?;
+        store::write_checkins(&mut conn, batch).await?;
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
     let stored: i64 = env

@@ -89,6 +89,16 @@ impl TestBroker {
 
     /// The same, on another broker (a private node).
     pub async fn create_at(url: &str) -> TestBroker {
+        Self::build(url, false).await
+    }
+
+    /// With the dead-letter exchange declared first as an earlier version of
+    /// the worker did, without an alternate exchange.
+    pub async fn create_with_legacy_dead_letter_exchange() -> TestBroker {
+        Self::build(AMQP_URL, true).await
+    }
+
+    async fn build(url: &str, legacy_dead_letter_exchange: bool) -> TestBroker {
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let tag = &tag[..12];
         let topology = Topology {
@@ -101,10 +111,26 @@ impl TestBroker {
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("connect to local RabbitMQ");
+        let channel = connection.create_channel().await.unwrap();
+        if legacy_dead_letter_exchange {
+            let options = lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            let name = topology.dead_letter_exchange.as_str();
+            channel
+                .exchange_declare(
+                    name.into(),
+                    lapin::ExchangeKind::Topic,
+                    options,
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
         declare_topology(&connection, &topology)
             .await
             .expect("declare test topology");
-        let channel = connection.create_channel().await.unwrap();
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -136,11 +162,17 @@ impl TestBroker {
 
     /// Publishes with confirms and waits until the broker has every message.
     pub async fn publish(&self, routing_key: &str, messages: &[Outgoing]) {
+        self.publish_to(&self.topology.exchange, routing_key, messages)
+            .await;
+    }
+
+    /// The same, to another exchange.
+    pub async fn publish_to(&self, exchange: &str, routing_key: &str, messages: &[Outgoing]) {
         for chunk in messages.chunks(1000) {
             for message in chunk {
                 self.channel
                     .basic_publish(
-                        self.topology.exchange.as_str().into(),
+                        exchange.into(),
                         routing_key.into(),
                         BasicPublishOptions::default(),
                         &message.body,
@@ -154,8 +186,8 @@ impl TestBroker {
         }
     }
 
-    /// Messages ready in `queue` (not counting unacknowledged ones).
-    pub async fn ready(&self, queue: &str) -> u32 {
+    /// Consumers of `queue`.
+    pub async fn consumers(&self, queue: &str) -> u32 {
         let options = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
@@ -165,6 +197,36 @@ impl TestBroker {
             .queue_declare(queue.into(), options, FieldTable::default())
             .await
             .unwrap();
+        let _ = channel.close(200, "".into()).await;
+        queue.consumer_count()
+    }
+
+    /// Waits until the worker consumes both work queues.
+    pub async fn wait_for_consumers(&self) {
+        for queue in [&self.topology.checkin_queue, &self.topology.version_queue] {
+            super::wait_until(
+                &format!("a consumer on {queue}"),
+                std::time::Duration::from_secs(30),
+                || async { self.consumers(queue).await > 0 },
+            )
+            .await;
+        }
+    }
+
+    /// Messages ready in `queue` (not counting unacknowledged ones); 0 for a
+    /// queue that does not exist (yet).
+    pub async fn ready(&self, queue: &str) -> u32 {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let channel = self.connection.create_channel().await.unwrap();
+        let Ok(queue) = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+        else {
+            return 0;
+        };
         let _ = channel.close(200, "".into()).await;
         queue.message_count()
     }

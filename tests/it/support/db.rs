@@ -57,6 +57,32 @@ impl TestDb {
         Some(row.get(0))
     }
 
+    /// A login role of this database's own (`<database>_worker`, password
+    /// `worker`), with what the worker needs after bootstrap (which runs as
+    /// `postgres`): reading and writing the tables, using their sequences.
+    /// Dropped with the database.
+    pub async fn worker_role(&self) -> String {
+        let role = format!("{}_worker", self.name);
+        wfm_worker::app::bootstrap(&self.settings()).await.unwrap();
+        self.client()
+            .await
+            .batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN PASSWORD 'worker';
+                 GRANT CREATE, USAGE ON SCHEMA public TO {role};
+                 GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role};
+                 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};"
+            ))
+            .await
+            .unwrap();
+        role
+    }
+
+    /// Settings that connect as `role` (see [`TestDb::worker_role`]).
+    pub fn settings_as(&self, role: &str) -> DatabaseSettings {
+        let url = format!("postgres://{role}:worker@127.0.0.1:5432/{}", self.name);
+        DatabaseSettings::plain(url.parse::<Config>().unwrap(), 4)
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.client()
             .await
@@ -88,9 +114,7 @@ async fn sweep_leftovers(admin: &Client) {
         let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
         let alive = pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
-            let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
+            drop_database(admin, &name).await;
         }
     }
 }
@@ -99,10 +123,18 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         super::clean_up(async move {
-            let admin = connect(ADMIN_URL).await;
-            let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
+            drop_database(&connect(ADMIN_URL).await, &name).await;
         });
     }
+}
+
+/// Drops a test database and the role made for it, if any.
+async fn drop_database(admin: &Client, name: &str) {
+    // Two statements: DROP DATABASE may not share an (implicit) transaction.
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await;
+    let _ = admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS {name}_worker"))
+        .await;
 }

@@ -84,8 +84,13 @@ impl TestEnv {
 
     /// The same, on a broker of the test's own (a private node).
     pub async fn on(url: &str) -> TestEnv {
+        Self::with(TestBroker::create_at(url)).await
+    }
+
+    /// A fresh database, and the broker names `broker` makes.
+    pub async fn with(broker: impl Future<Output = TestBroker>) -> TestEnv {
         init_logs();
-        let (db, broker) = tokio::join!(TestDb::create(), TestBroker::create_at(url));
+        let (db, broker) = tokio::join!(TestDb::create(), broker);
         TestEnv { db, broker }
     }
 

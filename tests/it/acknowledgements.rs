@@ -1,0 +1,101 @@
+//! Which frame hands a message back, seen on the wire: RabbitMQ 4.3+ counts a
+//! `basic.reject(requeue)` toward a quorum queue's delivery limit but not a
+//! `basic.nack(requeue)` (3.x counts both, so only the frames tell).
+
+use std::time::Duration;
+
+use crate::support::{
+    Outgoing, RunningWorker, TestEnv,
+    amqp_tap::{AmqpTap, Method},
+    checkin_body,
+    proxy::Proxy,
+    wait_until,
+};
+
+fn checkins(n: usize, poison: Option<usize>) -> Vec<Outgoing> {
+    (0..n)
+        .map(|i| {
+            let marker = if Some(i) == poison {
+                "explode".to_owned()
+            } else {
+                format!("ok-{i}")
+            };
+            let cluster = format!("00000000-0000-4000-8000-{i:012}");
+            Outgoing::new(checkin_body(&cluster, &marker)).id(format!("m-{i}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_message_failing_alone_is_handed_back_with_reject_which_every_broker_counts() {
+    let env = TestEnv::new().await;
+    env.db
+        .bootstrap_then(
+            "CREATE FUNCTION explode() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.data->>'marker' = 'explode' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$;
+             CREATE TRIGGER explode BEFORE INSERT ON clusters_checkins FOR EACH ROW EXECUTE FUNCTION explode();",
+        )
+        .await;
+    let tap = AmqpTap::start("127.0.0.1:5672".parse().unwrap()).await;
+    let mut settings = env.settings();
+    settings.broker.uri = tap.url().parse().unwrap();
+    settings.pipeline.max_deliveries = 3;
+    env.broker.publish_checkins(&checkins(20, Some(7))).await;
+    let worker = RunningWorker::start(settings);
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 19)
+        .await;
+    env.wait_for_dead_letters(1).await;
+    let acks = tap.acks();
+    let rejects: Vec<_> = acks.iter().filter(|a| a.method == Method::Reject).collect();
+    assert_eq!(
+        rejects.len(),
+        2,
+        "two attempts handed back, the third dead-lettered: {acks:?}"
+    );
+    assert!(rejects.iter().all(|r| r.requeue));
+    assert!(
+        acks.iter().all(|a| a.method != Method::Nack),
+        "a failing message is never nacked: {acks:?}"
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_during_a_database_outage_releases_the_batch_with_nack_and_stops_promptly() {
+    let env = TestEnv::new().await;
+    let tap = AmqpTap::start("127.0.0.1:5672".parse().unwrap()).await;
+    let database = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut settings = env.settings();
+    settings.broker.uri = tap.url().parse().unwrap();
+    settings.database.config = env.db.url_via(database.addr).parse().unwrap();
+    let worker = RunningWorker::start(settings);
+    env.broker.wait_for_consumers().await;
+    database.cut();
+    env.broker.publish_checkins(&checkins(10, None)).await;
+    // The batch is read and retries its write while the database is away.
+    let queue = env.broker.topology.checkin_queue.clone();
+    wait_until("the batch to be taken", Duration::from_secs(10), || async {
+        env.broker.ready(&queue).await == 0
+    })
+    .await;
+    let stopping = tokio::time::Instant::now();
+    worker.stop().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        stopping.elapsed()
+    );
+    let acks = tap.acks();
+    let nacked = acks
+        .iter()
+        .filter(|a| a.method == Method::Nack && a.requeue)
+        .count();
+    assert_eq!(nacked, 10, "every message released: {acks:?}");
+    assert!(acks.iter().all(|a| a.method == Method::Nack), "{acks:?}");
+    wait_until(
+        "the messages to be back",
+        Duration::from_secs(10),
+        || async { env.broker.ready(&queue).await == 10 },
+    )
+    .await;
+}
