@@ -97,6 +97,21 @@ pub struct QueueContext {
     pub shutdown: CancellationToken,
 }
 
+/// Abandons the connection's batches when `channel` stops working. The reader
+/// notices a closed channel only while it waits for deliveries; when every
+/// write is stuck (a database outage) it waits on them instead, and the broker
+/// closing the channel (its consumer time-out) would go unnoticed.
+async fn watch_channel(channel: Channel, abandon: CancellationToken) {
+    while channel.status().connected() {
+        tokio::select! {
+            () = abandon.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+        }
+    }
+    tracing::warn!(channel = channel.id(), "broker channel closed; abandoning its unacknowledged batches");
+    abandon.cancel();
+}
+
 /// Consumes `consumer` until `context.shutdown` is cancelled, then stops taking
 /// deliveries, lets the batches in hand finish (a batch is never cut in the
 /// middle: its rows commit and it is acked), waits for dead-letter copies still
@@ -114,6 +129,7 @@ pub async fn run_queue(
     let acker = acker::Acker::new(&context, breaker.clone());
     let copies = acker.copies();
     let acking = tokio::spawn(acker.run(in_order));
+    let watching = tokio::spawn(watch_channel(channel.clone(), context.abandon.clone()));
     let read = reader::read(&context, &channel, consumer, &breaker, to_acker).await;
     if read.is_err() {
         // The channel is gone: batches still retrying their write could never be acked.
@@ -122,6 +138,7 @@ pub async fn run_queue(
     let acked = acking
         .await
         .unwrap_or_else(|_| Err(PipelineError::Panicked(queue.clone())));
+    watching.abort();
     copies.wait_for_confirms(&context.abandon).await;
     let _ = channel.close(200, "worker shutting down".into()).await;
     tracing::info!(queue = %queue, "stopped consuming");

@@ -5,6 +5,7 @@ mod acknowledgements;
 mod batching;
 mod binary;
 mod bootstrap;
+mod broker_conditions;
 mod checkins;
 mod dead_letter_routing;
 mod dead_letters;

@@ -1,0 +1,177 @@
+//! Broker-wide conditions, each on a private node of its own (they change
+//! settings every connection of a node sees): a resource alarm, and the
+//! consumer acknowledgement time-out.
+
+use std::{sync::Mutex, time::Duration};
+
+use wfm_worker::http;
+
+use crate::support::{
+    Outgoing, RunningWorker, TestEnv, checkin_body,
+    node::PrivateBroker,
+    process::free_port,
+    proxy::Proxy,
+    sample,
+    scenario::{Copies, scenario},
+    wait_until,
+};
+
+const CHECKINS: &str = "SELECT count(*) FROM clusters_checkins";
+
+/// Unacknowledged messages of `queue` on node 0 (the broker's count lags: poll it).
+async fn unacknowledged(node: &PrivateBroker, queue: &str) -> Option<u64> {
+    let listed = node
+        .ctl(
+            0,
+            &[
+                "list_queues",
+                "--quiet",
+                "--no-table-headers",
+                "name",
+                "messages_unacknowledged",
+            ],
+        )
+        .await;
+    listed
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .find(|(name, _)| *name == queue)
+        .and_then(|(_, n)| n.trim().parse().ok())
+}
+
+async fn alarms(node: &PrivateBroker) -> String {
+    node.ctl(0, &["eval", "rabbit_alarm:get_alarms()."]).await
+}
+
+#[tokio::test]
+async fn during_a_memory_alarm_valid_messages_keep_flowing_and_dead_letters_wait() {
+    let node = PrivateBroker::start(1, None).await;
+    let env = TestEnv::on(&node.url(0)).await;
+    let messages: Vec<Outgoing> = (0..5_000)
+        .map(|i| {
+            let body = if i % 1000 == 500 {
+                "not json".to_owned()
+            } else {
+                checkin_body(
+                    &format!("00000000-0000-4000-8000-{:012}", i % 300),
+                    &i.to_string(),
+                )
+            };
+            Outgoing::new(body).id(format!("m-{i}"))
+        })
+        .collect();
+    env.broker.publish_checkins(&messages).await;
+    node.ctl(0, &["set_vm_memory_high_watermark", "0.000001"])
+        .await;
+    wait_until("the memory alarm", Duration::from_secs(30), || async {
+        alarms(&node).await.contains("memory")
+    })
+    .await;
+
+    let mut settings = env.settings();
+    let addr = free_port();
+    settings.http_addr = Some(addr);
+    let worker = RunningWorker::start(settings);
+    env.wait_for_rows(CHECKINS, 4_995).await;
+    let body = Mutex::new(String::new());
+    wait_until(
+        "readiness to show the block",
+        Duration::from_secs(20),
+        || async {
+            let (_, text) = http::get(addr, "/readyz").await.unwrap();
+            let blocked = text.contains("waiting: the broker blocks publishing");
+            *body.lock().unwrap() = text;
+            blocked
+        },
+    )
+    .await;
+    let (_, metrics) = http::get(addr, "/metrics").await.unwrap();
+    assert_eq!(sample(&metrics, "wfm_broker_blocked", &[]), Some(1.0));
+    let dead = env.broker.topology.dead_letter_queue.clone();
+    assert_eq!(
+        env.broker.ready(&dead).await,
+        0,
+        "copies wait for the alarm to clear"
+    );
+
+    node.ctl(0, &["set_vm_memory_high_watermark", "0.4"]).await;
+    env.wait_for_dead_letters(5).await;
+    let queue = env.broker.topology.checkin_queue.clone();
+    wait_until("every original acked", Duration::from_secs(30), || async {
+        env.broker.ready(&queue).await == 0 && unacknowledged(&node, &queue).await == Some(0)
+    })
+    .await;
+    assert_eq!(
+        env.db.count(CHECKINS).await,
+        4_995,
+        "each valid message stored once"
+    );
+    assert_eq!(
+        env.broker.take_dead_letters().await.len(),
+        5,
+        "each copy once"
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_brokers_consumer_timeout_closing_the_channel_is_recovered_not_fatal() {
+    let node = PrivateBroker::start(
+        1,
+        Some("[{rabbit, [{consumer_timeout, 3000}, {channel_tick_interval, 1000}]}]."),
+    )
+    .await;
+    let env = TestEnv::on(&node.url(0)).await;
+    let scenario = scenario(3_000);
+    env.broker.publish_checkins(&scenario.messages).await;
+    let database = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut settings = env.settings();
+    settings.database.config = env.db.url_via(database.addr).parse().unwrap();
+    settings.pipeline.batch_size = 50;
+    settings.pipeline.prefetch = 100;
+    let name = settings.broker.connection_name.clone();
+    let worker = RunningWorker::start(settings);
+    env.wait_for_progress(300).await;
+    let first = connection_of(&node, &name).await;
+    // A database outage holds the batch unacknowledged past the time-out: the
+    // broker closes the channel (406 PRECONDITION_FAILED, delivery
+    // acknowledgement timed out).
+    database.cut();
+    let stored = env.stored().await;
+    assert!(stored > 0 && stored < 3_000, "struck mid-stream: {stored}");
+    wait_until(
+        "a new connection after the time-out",
+        Duration::from_secs(30),
+        || async {
+            connection_of(&node, &name)
+                .await
+                .is_some_and(|c| Some(c) != first)
+        },
+    )
+    .await;
+    database.restore();
+    env.assert_scenario_outcome(&scenario, Copies::AtLeastOnce)
+        .await;
+    worker.stop().await.expect("the worker never gave up");
+}
+
+/// The pid of the connection named `name` on node 0.
+async fn connection_of(node: &PrivateBroker, name: &str) -> Option<String> {
+    let listed = node
+        .ctl(
+            0,
+            &[
+                "list_connections",
+                "--quiet",
+                "--no-table-headers",
+                "pid",
+                "client_properties",
+            ],
+        )
+        .await;
+    listed
+        .lines()
+        .find(|line| line.contains(&format!("\"connection_name\",\"{name}\"")))
+        .and_then(|line| line.split('\t').next())
+        .map(str::to_owned)
+}
