@@ -108,7 +108,10 @@ async fn watch_channel(channel: Channel, abandon: CancellationToken) {
             () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
         }
     }
-    tracing::warn!(channel = channel.id(), "broker channel closed; abandoning its unacknowledged batches");
+    tracing::warn!(
+        channel = channel.id(),
+        "broker channel closed; abandoning its unacknowledged batches"
+    );
     abandon.cancel();
 }
 

@@ -209,3 +209,64 @@ async fn list_shows_dead_letters_and_replay_returns_them_to_their_queue_once_con
     );
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn replaying_hundreds_of_hopeless_messages_ends_and_says_what_it_did() {
+    let env = TestEnv::new().await;
+    let hopeless: Vec<Outgoing> = (0..300)
+        .map(|i| Outgoing::new("not json").id(format!("h-{i}")))
+        .collect();
+    env.broker.publish_checkins(&hopeless).await;
+    let worker = env.start();
+    env.wait_for_dead_letters(300).await;
+
+    let listed = dlq(&env, &["list"]).output().await.unwrap();
+    assert_eq!(
+        stdout(&listed).lines().count(),
+        101,
+        "header and the first 100"
+    );
+    let said = String::from_utf8_lossy(&listed.stderr);
+    assert!(
+        said.contains("300 message(s) in the dead-letter queue; 100 shown"),
+        "{said}"
+    );
+    env.wait_for_dead_letters(300).await;
+
+    let replay = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        dlq(&env, &["replay", "--all"]).output(),
+    )
+    .await
+    .expect("a replay ends")
+    .unwrap();
+    stdout(&replay);
+    let said = String::from_utf8_lossy(&replay.stderr);
+    assert!(
+        said.contains("replayed 300 of the 300 message(s)"),
+        "{said}"
+    );
+    // Each comes back once, dead-lettered again with its reason.
+    env.wait_for_dead_letters(300).await;
+    let queue = env.broker.topology.checkin_queue.clone();
+    wait_until(
+        "the replays to be consumed",
+        std::time::Duration::from_secs(30),
+        || async { env.broker.ready(&queue).await == 0 },
+    )
+    .await;
+    let letters = env.broker.take_dead_letters().await;
+    assert_eq!(letters.len(), 300);
+    let ids: std::collections::HashSet<String> = letters
+        .iter()
+        .map(crate::support::broker::message_id)
+        .collect();
+    assert_eq!(ids.len(), 300, "each once");
+    assert!(
+        letters
+            .iter()
+            .all(|l| header(l, "x-wfm-replays").as_deref() == Some("LongLongInt(1)")),
+        "replayed exactly once each"
+    );
+    worker.stop().await.unwrap();
+}

@@ -110,3 +110,107 @@ async fn the_same_triple_twice_in_one_batch_keeps_the_later_one() {
     );
     worker.stop().await.unwrap();
 }
+
+const NOTES: &str = "SELECT data->'version'->'data'->>'description' FROM versions";
+
+async fn notes(env: &TestEnv) -> String {
+    env.db
+        .client()
+        .await
+        .query_one(NOTES, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn an_older_publish_arriving_later_never_overwrites_a_newer_one() {
+    let env = TestEnv::new().await;
+    let worker = env.start();
+    let body = |notes| version_body("router", "stable", "v1", "2016-08-02T17:00:00Z", notes);
+    env.broker
+        .publish_versions(&[Outgoing::new(body("newer"))
+            .id("newer")
+            .at_secs(1_600_000_000)])
+        .await;
+    env.wait_for_rows(VERSIONS, 1).await;
+    // A redelivery, a slower replica or a replay of an older publish.
+    env.broker
+        .publish_versions(&[Outgoing::new(body("older"))
+            .id("older")
+            .at_secs(1_500_000_000)])
+        .await;
+    let queue = env.broker.topology.version_queue.clone();
+    crate::support::wait_until(
+        "the older event to be consumed",
+        std::time::Duration::from_secs(10),
+        || async {
+            env.broker.ready(&queue).await == 0
+                && crate::support::broker::unacknowledged(&queue).await == Some(0)
+        },
+    )
+    .await;
+    assert_eq!(notes(&env).await, "newer");
+    assert_eq!(env.db.count(VERSIONS).await, 1);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn in_one_batch_the_newest_publish_wins_whatever_the_arrival_order() {
+    let env = TestEnv::new().await;
+    let body = |notes| version_body("router", "stable", "v1", "2016-08-02T17:00:00Z", notes);
+    env.broker
+        .publish_versions(&[
+            Outgoing::new(body("newest")).id("a").at_secs(1_600_000_002),
+            Outgoing::new(body("oldest")).id("b").at_secs(1_600_000_000),
+            Outgoing::new(body("middle")).id("c").at_secs(1_600_000_001),
+        ])
+        .await;
+    let worker = env.start();
+    env.wait_for_rows(VERSIONS, 1).await;
+    let queue = env.broker.topology.version_queue.clone();
+    crate::support::wait_until(
+        "the batch to be acked",
+        std::time::Duration::from_secs(10),
+        || async {
+            env.broker.ready(&queue).await == 0
+                && crate::support::broker::unacknowledged(&queue).await == Some(0)
+        },
+    )
+    .await;
+    assert_eq!(notes(&env).await, "newest");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_superseded_by_one_the_database_refuses_is_stored_on_its_own() {
+    let env = TestEnv::new().await;
+    env.db
+        .bootstrap_then(
+            "ALTER TABLE versions ADD CONSTRAINT no_poison
+             CHECK (data->'version'->'data'->>'description' <> 'poison')",
+        )
+        .await;
+    let body = |notes| version_body("router", "stable", "v1", "2016-08-02T17:00:00Z", notes);
+    env.broker
+        .publish_versions(&[
+            Outgoing::new(body("fine"))
+                .id("older")
+                .at_secs(1_600_000_000),
+            Outgoing::new(body("poison"))
+                .id("newer")
+                .at_secs(1_600_000_001),
+        ])
+        .await;
+    let worker = env.start();
+    env.wait_for_dead_letters(1).await;
+    env.wait_for_rows(VERSIONS, 1).await;
+    assert_eq!(
+        notes(&env).await,
+        "fine",
+        "the loser is not acked with a winner that failed"
+    );
+    let letters = env.broker.take_dead_letters().await;
+    assert_eq!(crate::support::broker::message_id(&letters[0]), "newer");
+    worker.stop().await.unwrap();
+}
