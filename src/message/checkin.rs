@@ -8,7 +8,11 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{ClusterId, Envelope, EventTime, Limits, Rejection, json::parse_object};
+use super::{
+    ClusterId, Envelope, EventTime, Limits, Rejection,
+    json::parse_object,
+    shape::{ComponentVersion, Object, check_date_time},
+};
 
 /// A checkin that is fit to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,24 +76,17 @@ impl<'a> MessageKey<'a> {
     }
 }
 
+/// `models.Cluster`, as far as its readers decode it (see [`super::shape`]).
 #[derive(Deserialize)]
 struct WireCheckin<'a> {
     #[serde(borrow, default)]
     id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "firstSeen")]
+    first_seen: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "lastSeen")]
+    last_seen: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    components: Option<Vec<WireComponent<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct WireComponent<'a> {
-    #[serde(borrow, default)]
-    component: Option<WireComponentInfo<'a>>,
-}
-
-#[derive(Deserialize)]
-struct WireComponentInfo<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
+    components: Option<Vec<Option<Object<ComponentVersion<'a>>>>>,
 }
 
 impl<'a> Checkin<'a> {
@@ -100,19 +97,26 @@ impl<'a> Checkin<'a> {
             .id
             .ok_or_else(|| Rejection::invalid("`id` is missing"))?;
         let cluster_id = ClusterId::parse("id", &id)?;
+        check_date_time(wire.first_seen.as_deref(), "firstSeen")?;
+        check_date_time(wire.last_seen.as_deref(), "lastSeen")?;
         let components = wire.components.ok_or_else(|| {
             Rejection::invalid("`components` is missing (an array, possibly empty)")
         })?;
         for (i, entry) in components.iter().enumerate() {
+            let entry = entry.as_ref().map(|e| &e.0);
             let named = entry
-                .component
-                .as_ref()
-                .and_then(|c| c.name.as_deref())
+                .and_then(|e| e.component.as_ref())
+                .and_then(|c| c.0.name.as_deref())
                 .is_some_and(|name| !name.is_empty());
             if !named {
                 return Err(Rejection::invalid(format!(
                     "`components[{i}].component.name` is missing or empty"
                 )));
+            }
+            if let Some(version) = entry.and_then(|e| e.version.as_ref()) {
+                version
+                    .0
+                    .check_data(&format!("components[{i}].version.data"))?;
             }
         }
         Ok(Checkin {

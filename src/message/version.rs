@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::{
     ComponentName, Envelope, EventTime, Limits, Rejection, TrainName, VersionName,
     json::parse_object,
+    shape::{Component, Object, Version},
 };
 
 /// A version event that is fit to store. Its key is (component, train, version).
@@ -21,32 +22,19 @@ pub struct VersionEvent<'a> {
     /// When the event was published (the AMQP timestamp, else receipt): of two
     /// events for the same key, the later publish wins.
     pub published_at: EventTime,
-    /// The whole JSON document, exactly as published.
-    pub document: &'a str,
+    /// `version.data`, exactly as published, or `null` when absent: what the
+    /// older service stored in `versions.data` (`json.Marshal(Version.Data)`)
+    /// and what its readers decode.
+    pub data: &'a str,
 }
 
+/// `models.ComponentVersion`, as far as its readers decode it.
 #[derive(Deserialize)]
 struct WireVersionEvent<'a> {
     #[serde(borrow, default)]
-    component: Option<WireComponent<'a>>,
+    component: Option<Object<Component<'a>>>,
     #[serde(borrow, default)]
-    version: Option<WireVersion<'a>>,
-}
-
-#[derive(Deserialize)]
-struct WireComponent<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize, Default)]
-struct WireVersion<'a> {
-    #[serde(borrow, default)]
-    train: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    version: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    released: Option<Cow<'a, str>>,
+    version: Option<Object<Version<'a>>>,
 }
 
 impl<'a> VersionEvent<'a> {
@@ -55,8 +43,10 @@ impl<'a> VersionEvent<'a> {
         let wire: WireVersionEvent<'_> =
             parse_object(document, "a version event", limits.max_json_depth)?;
         let component =
-            ComponentName::parse(wire.component.and_then(|c| c.name).map(Cow::into_owned))?;
-        let version = wire.version.unwrap_or_default();
+            ComponentName::parse(wire.component.and_then(|c| c.0.name).map(Cow::into_owned))?;
+        let version = wire.version.map(|v| v.0).unwrap_or_default();
+        version.check_data("version.data")?;
+        let data = version.data.map_or("null", |raw| raw.get());
         let train = TrainName::parse(version.train.map(Cow::into_owned))?;
         let version_name = VersionName::parse(version.version.map(Cow::into_owned))?;
         let released = version
@@ -75,7 +65,7 @@ impl<'a> VersionEvent<'a> {
             version: version_name,
             released_at,
             published_at: envelope.event_time(limits.max_clock_skew),
-            document,
+            data,
         })
     }
 }
@@ -116,7 +106,7 @@ mod tests {
         assert_eq!(event.train.as_str(), "stable");
         assert_eq!(event.version.as_str(), "v2.4.0");
         assert_eq!(event.released_at.to_string(), "2016-08-02 17:00:00");
-        assert_eq!(event.document, text);
+        assert_eq!(event.data, r#"{"fixes":"x"}"#, "version.data, verbatim");
     }
 
     #[test]
@@ -166,5 +156,33 @@ mod tests {
     fn missing_version_object_names_the_train_first() {
         let err = parse(r#"{"component":{"name":"c"}}"#).unwrap_err();
         assert_eq!(err.reason, "`version.train` is missing or empty");
+    }
+
+    #[test]
+    fn absent_or_null_data_is_stored_as_json_null() {
+        let absent = r#"{"component":{"name":"c"},"version":{"train":"s","version":"v","released":"2016-08-02T17:00:00Z"}}"#;
+        assert_eq!(parse(absent).unwrap().data, "null");
+        let null = r#"{"component":{"name":"c"},"version":{"train":"s","version":"v","released":"2016-08-02T17:00:00Z","data":null}}"#;
+        assert_eq!(parse(null).unwrap().data, "null");
+    }
+
+    #[test]
+    fn data_is_kept_byte_for_byte() {
+        let text = r#"{"component":{"name":"c"},"version":{"train":"s","version":"v","released":"2016-08-02T17:00:00Z","data":{ "description" : "a\u00e9",  "image":"i" }}}"#;
+        assert_eq!(
+            parse(text).unwrap().data,
+            r#"{ "description" : "a\u00e9",  "image":"i" }"#
+        );
+    }
+
+    #[test]
+    fn data_a_reader_could_not_decode_is_refused() {
+        let text = r#"{"component":{"name":"c"},"version":{"train":"s","version":"v","released":"2016-08-02T17:00:00Z","data":"notes"}}"#;
+        assert!(
+            parse(text)
+                .unwrap_err()
+                .reason
+                .starts_with("`version.data`: invalid type")
+        );
     }
 }

@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_checkin_dedup_and_event_time"),
     migration!(3, "0003_lz4_documents"),
     migration!(4, "0004_version_publish_time"),
+    migration!(5, "0005_versions_data_repair"),
 ];
 
 /// Arbitrary but fixed: every replica must take the same lock ("wfm" in ASCII).

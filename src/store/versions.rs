@@ -12,19 +12,31 @@ use super::{
 };
 use crate::message::{Item, VersionEvent};
 
-/// A later publish of the same triple replaces its release time and document;
-/// an earlier one (a redelivery, a second replica's slower batch, a `dlq
-/// replay` of an old event) changes nothing. Rows written by the older service
-/// have no publish time, and any publish replaces them.
+/// A later publish of the same triple replaces its release time and data; an
+/// earlier one (a redelivery, a second replica's slower batch, a `dlq replay`
+/// of an old event) changes nothing. The publish times live in
+/// `version_publishes` (see `sql/0004`): its upsert takes the row lock and
+/// keeps only the newer publish, and only the triples it took go on to
+/// `versions`. Triples the older service wrote have no publish time yet, and
+/// any publish replaces them.
 const UPSERT_VERSIONS: &str = "
-INSERT INTO versions AS v (component_name, train, version, release_timestamp, data, published_at)
-SELECT component_name, train, version, release_timestamp, data::json, published_at
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamp[], $5::text[], $6::timestamp[])
-       AS input(component_name, train, version, release_timestamp, data, published_at)
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamp[], $5::text[], $6::timestamp[])
+        AS input(component_name, train, version, release_timestamp, data, published_at)
+), newer AS (
+    INSERT INTO version_publishes AS p (component_name, train, version, published_at)
+    SELECT component_name, train, version, published_at FROM input
+    ON CONFLICT (component_name, train, version) DO UPDATE
+       SET published_at = EXCLUDED.published_at
+     WHERE p.published_at <= EXCLUDED.published_at
+    RETURNING component_name, train, version
+)
+INSERT INTO versions AS v (component_name, train, version, release_timestamp, data)
+SELECT i.component_name, i.train, i.version, i.release_timestamp, i.data::json
+  FROM input i JOIN newer USING (component_name, train, version)
+ ORDER BY i.component_name, i.train, i.version
 ON CONFLICT (component_name, train, version) DO UPDATE
-   SET release_timestamp = EXCLUDED.release_timestamp, data = EXCLUDED.data,
-       published_at = EXCLUDED.published_at
- WHERE v.published_at IS NULL OR v.published_at <= EXCLUDED.published_at";
+   SET release_timestamp = EXCLUDED.release_timestamp, data = EXCLUDED.data";
 
 /// Stores a batch of version events in one transaction. Of several events for
 /// the same triple in one batch only the newest publish is written (one upsert
@@ -98,7 +110,7 @@ impl Rows for VersionRows<'_, '_> {
                 train,
                 version,
                 released: e.released_at,
-                document: e.document,
+                document: e.data,
                 published: e.published_at.at,
             }
         });
@@ -113,7 +125,7 @@ impl Rows for VersionRows<'_, '_> {
             train: "probe",
             version: &version,
             released: now,
-            document: "{}",
+            document: "null",
             published: now,
         };
         upsert(tx, std::iter::once(row)).await

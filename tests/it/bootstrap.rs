@@ -128,3 +128,62 @@ async fn a_changed_schema_file_refuses_start_up_naming_the_file() {
     assert!(error.contains("sql/0001_legacy_schema.sql"), "{error}");
     assert!(error.contains("must never change"), "{error}");
 }
+
+/// Rows as the older service wrote them (`json.Marshal(Version.Data)`: the
+/// release's data, or `null`), and as the worker before 0005 wrote them (the
+/// whole event).
+const VERSIONS_OF_BOTH: &str = r#"
+INSERT INTO versions (component_name, train, version, release_timestamp, data) VALUES
+  ('router', 'stable', 'v1', '2016-07-01 00:00:00', '{"description":"old service","fixes":"f"}'),
+  ('router', 'stable', 'v2', '2016-07-02 00:00:00', 'null'),
+  ('router', 'beta', 'v3', '2016-07-03 00:00:00',
+   '{"component":{"name":"router"},"version":{"train":"beta","version":"v3","released":"2016-07-03T00:00:00Z","data":{"description": "kept  verbatim"}}}'),
+  ('router', 'beta', 'v4', '2016-07-04 00:00:00',
+   '{"component":{"name":"router"},"version":{"train":"beta","version":"v4","released":"2016-07-04T00:00:00Z"}}'),
+  ('router', 'beta', 'v5', '2016-07-05 00:00:00',
+   '{"component":{"name":"other"},"version":{"train":"beta","version":"v5"}}');
+"#;
+
+#[tokio::test]
+async fn versions_the_worker_wrote_whole_are_repaired_and_the_older_services_are_untouched() {
+    let db = TestDb::create().await;
+    let client = db.client().await;
+    client.batch_execute(LEGACY).await.unwrap();
+    client.batch_execute(VERSIONS_OF_BOTH).await.unwrap();
+    app::bootstrap(&db.settings()).await.unwrap();
+    let rows = client
+        .query("SELECT version, data::text FROM versions WHERE component_name = 'router' ORDER BY version", &[])
+        .await
+        .unwrap();
+    let data: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        data,
+        [
+            (
+                "v1".to_owned(),
+                r#"{"description":"old service","fixes":"f"}"#.to_owned()
+            ),
+            ("v2".to_owned(), "null".to_owned()),
+            (
+                "v3".to_owned(),
+                r#"{"description": "kept  verbatim"}"#.to_owned()
+            ),
+            ("v4".to_owned(), "null".to_owned()),
+            // Not this row's own triple: not the worker's shape, left alone.
+            (
+                "v5".to_owned(),
+                r#"{"component":{"name":"other"},"version":{"train":"beta","version":"v5"}}"#
+                    .to_owned()
+            ),
+        ]
+    );
+    let legacy: String = client
+        .query_one(
+            "SELECT data::text FROM versions WHERE component_name = 'deis-router'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(legacy, r#"{"legacy": true}"#);
+}

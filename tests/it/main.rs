@@ -14,6 +14,7 @@ mod hostile;
 mod operations;
 mod publisher;
 mod rds;
+mod readers;
 mod rejections;
 mod shutdown;
 mod support;

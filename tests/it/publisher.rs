@@ -63,7 +63,7 @@ async fn a_published_version_lands_in_the_database() {
         "prints the message id: {stdout}"
     );
     env.wait_for_rows(
-        "SELECT count(*) FROM versions WHERE component_name = 'deis-router' AND data->'version'->'data'->>'fixes' = 'all of them'",
+        "SELECT count(*) FROM versions WHERE component_name = 'deis-router' AND data->>'fixes' = 'all of them'",
         1,
     )
     .await;

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod certs;
 pub mod db;
 pub mod hostile;
+pub mod legacy;
 pub mod node;
 pub mod process;
 pub mod proxy;

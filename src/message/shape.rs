@@ -1,0 +1,152 @@
+//! The shapes the older API's readers decode the stored documents into
+//! (`models.Cluster`, `ComponentVersion`, `Component`, `Version`, `Data` of
+//! deis/workflow-manager-api). Go's `json.Unmarshal` ignores unknown fields
+//! and takes `null` anywhere, but a value of the wrong type — a number where a
+//! string belongs, an array where an object does — fails the whole document,
+//! and with it every API call that reads it. So each field a reader decodes is
+//! checked here, with its type; everything else passes through untouched.
+
+use std::{borrow::Cow, fmt, marker::PhantomData};
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{MapAccess, Visitor, value::MapAccessDeserializer},
+};
+use serde_json::value::RawValue;
+
+use super::Rejection;
+
+/// A JSON object decoded into `T`. serde accepts an array for a struct (field
+/// by position); Go does not, so neither does this.
+#[derive(Debug)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Fields(PhantomData))
+            .map(Object)
+    }
+}
+
+/// `models.Component`.
+#[derive(Debug, Deserialize)]
+pub struct Component<'a> {
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "description")]
+    _description: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    _kind: Option<Cow<'a, str>>,
+}
+
+/// `models.Version`. `data` is kept raw: version events store it verbatim.
+#[derive(Deserialize, Default)]
+pub struct Version<'a> {
+    #[serde(borrow, default)]
+    pub train: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub released: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
+}
+
+/// `models.Data`.
+#[derive(Deserialize)]
+struct Data<'a> {
+    #[serde(borrow, default, rename = "description")]
+    _description: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "fixes")]
+    _fixes: Option<Cow<'a, str>>,
+}
+
+impl Version<'_> {
+    /// Checks `data` decodes as `models.Data` (an object of strings, or null);
+    /// `path` names it in the rejection.
+    pub fn check_data(&self, path: &str) -> Result<(), Rejection> {
+        let Some(raw) = self.data else { return Ok(()) };
+        serde_json::from_str::<Object<Data<'_>>>(raw.get())
+            .map(drop)
+            .map_err(|e| Rejection::invalid(format!("`{path}`: {e}")))
+    }
+}
+
+/// `models.ComponentVersion`.
+#[derive(Deserialize)]
+pub struct ComponentVersion<'a> {
+    #[serde(borrow, default)]
+    pub component: Option<Object<Component<'a>>>,
+    #[serde(borrow, default)]
+    pub version: Option<Object<Version<'a>>>,
+    #[serde(borrow, default, rename = "updateAvailable")]
+    _update_available: Option<Cow<'a, str>>,
+}
+
+/// go-swagger's `strfmt.DateTime`: RFC 3339, or empty.
+pub fn check_date_time(value: Option<&str>, field: &str) -> Result<(), Rejection> {
+    match value {
+        Some(text) if !text.is_empty() => chrono::DateTime::parse_from_rfc3339(text)
+            .map(drop)
+            .map_err(|e| {
+                Rejection::invalid(format!("`{field}` is not an RFC 3339 date-time: {e}"))
+            }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_array_is_not_an_object() {
+        let err = serde_json::from_str::<Object<Component<'_>>>(r#"["router"]"#).unwrap_err();
+        assert!(err.to_string().contains("expected an object"), "{err}");
+        assert!(serde_json::from_str::<Object<Component<'_>>>(r#"{"name":"r"}"#).is_ok());
+    }
+
+    #[test]
+    fn data_must_be_an_object_of_strings_or_null() {
+        let check = |data: &str| {
+            let text = format!(r#"{{"train":"s","data":{data}}}"#);
+            let version: Object<Version<'_>> = serde_json::from_str(&text).unwrap();
+            version.0.check_data("version.data")
+        };
+        assert!(check(r#"{"description":"d","fixes":"f","image":"i"}"#).is_ok());
+        assert!(check("null").is_ok());
+        assert!(check(r#"{"description":null}"#).is_ok());
+        assert!(
+            check(r#""notes""#)
+                .unwrap_err()
+                .reason
+                .starts_with("`version.data`: invalid type")
+        );
+        assert!(check("[1]").is_err());
+        assert!(check(r#"{"fixes":1}"#).is_err());
+    }
+
+    #[test]
+    fn date_times_are_rfc3339_or_empty() {
+        assert!(check_date_time(Some("2016-08-01T10:00:00Z"), "firstSeen").is_ok());
+        assert!(check_date_time(Some(""), "firstSeen").is_ok());
+        assert!(check_date_time(None, "firstSeen").is_ok());
+        let err = check_date_time(Some("yesterday"), "firstSeen").unwrap_err();
+        assert!(
+            err.reason.starts_with("`firstSeen` is not an RFC 3339"),
+            "{}",
+            err.reason
+        );
+    }
+}
