@@ -1,11 +1,11 @@
 //! The command line: `wfm-worker <subcommand>`, every flag also an environment variable.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::{
-    config::{BrokerArgs, DatabaseArgs, RunArgs},
+    config::{BrokerArgs, DatabaseArgs, HttpArgs, LimitsArgs, RunArgs},
     telemetry::LogFormat,
 };
 
@@ -112,7 +112,7 @@ pub struct PublishVersionArgs {
     #[arg(long)]
     pub data_file: Option<PathBuf>,
     #[command(flatten)]
-    pub limits: PublishLimits,
+    pub limits: LimitsArgs,
     #[command(flatten)]
     pub broker: BrokerArgs,
 }
@@ -123,23 +123,15 @@ pub struct PublishCheckinArgs {
     #[arg(long)]
     pub file: PathBuf,
     #[command(flatten)]
-    pub limits: PublishLimits,
+    pub limits: LimitsArgs,
     #[command(flatten)]
     pub broker: BrokerArgs,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct PublishLimits {
-    /// Larger messages are refused, as the worker would refuse them.
-    #[arg(long, env = "WFM_MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
-    pub max_message_bytes: usize,
-}
-
-#[derive(Debug, clap::Args)]
 pub struct HealthcheckArgs {
-    /// The worker's HTTP address; an unspecified host (0.0.0.0) is probed on 127.0.0.1.
-    #[arg(long, env = "WFM_HTTP_ADDR", default_value = "0.0.0.0:9090")]
-    pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,11 +140,75 @@ pub struct BootstrapArgs {
     pub database: DatabaseArgs,
 }
 
+/// Parses the process's command line. clap reports an invalid value by the
+/// flag it belongs to (`invalid value 'lots' for '--max-message-bytes
+/// <MAX_MESSAGE_BYTES>'`); when the value came from a `WFM_*` variable, the
+/// operator never typed that flag, so the one-line error names the variable.
+pub fn parse() -> Cli {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(error) => match from_environment(&error, &argv) {
+            Some(line) => {
+                eprintln!("wfm-worker: {line}");
+                std::process::exit(2);
+            }
+            None => error.exit(),
+        },
+    }
+}
+
+/// The one-line error for an invalid value set by a variable, if it was.
+fn from_environment(error: &clap::Error, argv: &[OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = arg.split_whitespace().next()?;
+    let typed = argv.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    if typed {
+        return None;
+    }
+    let variable = variable_of(&Cli::command(), flag.strip_prefix("--")?)?;
+    let value = match error.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => value.as_str(),
+        _ => "",
+    };
+    let reason = match (error.kind(), error.get(ContextKind::ValidValue)) {
+        (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
+            format!("one of {}", valid.join(", "))
+        }
+        _ => std::error::Error::source(error).map_or_else(String::new, ToString::to_string),
+    };
+    Some(format!("{variable}={value:?} is invalid: {reason}"))
+}
+
+/// The variable of the flag `--long` in any subcommand.
+fn variable_of(command: &clap::Command, long: &str) -> Option<String> {
+    let here = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|env| env.to_string_lossy().into_owned());
+    here.or_else(|| {
+        command
+            .get_subcommands()
+            .find_map(|sub| variable_of(sub, long))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-
-    use clap::CommandFactory;
 
     use super::*;
 
@@ -190,5 +246,34 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+}
+
+#[cfg(test)]
+mod errors {
+    use super::*;
+
+    fn error_of(args: &[&str]) -> String {
+        let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let error = Cli::try_parse_from(&argv).unwrap_err();
+        from_environment(&error, &argv).unwrap_or_else(|| "clap's own".to_owned())
+    }
+
+    #[test]
+    fn a_typed_flag_keeps_claps_message() {
+        let shown = error_of(&["wfm-worker", "run", "--max-message-bytes", "lots"]);
+        assert_eq!(shown, "clap's own");
+    }
+
+    #[test]
+    fn variables_are_found_in_any_subcommand() {
+        assert_eq!(
+            variable_of(&Cli::command(), "batch-linger-ms").as_deref(),
+            Some("WFM_BATCH_LINGER_MS")
+        );
+        assert_eq!(
+            variable_of(&Cli::command(), "http-addr").as_deref(),
+            Some("WFM_HTTP_ADDR")
+        );
     }
 }

@@ -3,16 +3,15 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use wfm_worker::{
     app,
-    cli::{Cli, Command, DlqCommand, HealthcheckArgs, PublishCommand},
+    cli::{Command, DlqCommand, HealthcheckArgs, PublishCommand},
     dlq, http, publish, shutdown, telemetry,
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = wfm_worker::cli::parse();
     telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -81,11 +80,7 @@ async fn publish(command: PublishCommand) -> anyhow::Result<()> {
             (publish::Kind::Checkin, documents, args.limits, args.broker)
         }
     };
-    let limits = wfm_worker::message::Limits {
-        max_bytes: limits.max_message_bytes,
-        ..Default::default()
-    };
-    publish::validate(kind, &documents, &limits)?;
+    publish::validate(kind, &documents, &limits.limits())?;
     let ids = publish::publish(&broker.validate()?, kind, &documents).await?;
     // The message ids on stdout, one per line: scripts can record them.
     for id in ids {
@@ -145,7 +140,7 @@ fn print_entries(entries: &[dlq::Entry], now: chrono::DateTime<chrono::Utc>) {
 }
 
 async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
-    let mut addr = args.http_addr;
+    let mut addr = args.http.http_addr;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

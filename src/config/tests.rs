@@ -1,90 +1,134 @@
 //! Validation of settings: each refusal names its variable.
-use super::*;
+use clap::Parser;
 
-fn broker(url: &str) -> BrokerArgs {
-    BrokerArgs {
-        amqp_url: url.into(),
-        amqp_ca_file: None,
-        connection_name: "wfm-worker".into(),
-        exchange: "x".into(),
-        checkin_queue: "c".into(),
-        version_queue: "v".into(),
-        dead_letter_exchange: "d".into(),
-        dead_letter_queue: "dq".into(),
-    }
+use super::*;
+use crate::cli::{Cli, Command};
+
+/// `wfm-worker run` with these flags (no environment involved).
+fn run(flags: &[&str]) -> Result<Settings, ConfigError> {
+    let mut argv = vec!["wfm-worker", "run"];
+    argv.extend_from_slice(flags);
+    let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+        unreachable!("parsed `run`");
+    };
+    args.validate()
+}
+
+fn refusal(flags: &[&str]) -> String {
+    run(flags).unwrap_err().to_string()
 }
 
 #[test]
 fn broker_settings_debug_never_shows_the_password() {
-    let settings = broker("amqp://user:s3cret@host:5672/%2f")
-        .validate()
-        .unwrap();
-    let shown = format!("{settings:?}");
+    let settings = run(&["--amqp-url", "amqp://user:s3cret@host:5672/%2f"]).unwrap();
+    let shown = format!("{:?}", settings.broker);
     assert!(!shown.contains("s3cret"), "{shown}");
     assert!(shown.contains("user@host:5672"), "{shown}");
 }
 
 #[test]
-fn unparseable_amqp_url_names_the_variable_without_echoing_it() {
-    let err = broker("amqp://user:s3cret@host:notaport/")
-        .validate()
-        .unwrap_err();
-    let shown = err.to_string();
-    assert!(shown.starts_with("WFM_AMQP_URL"), "{shown}");
-    assert!(!shown.contains("s3cret"), "{shown}");
+fn unparseable_urls_name_the_variable_without_echoing_the_password() {
+    for url in [
+        "amqp://user:s3cret@host:notaport/",
+        "amqp:user:s3cret@host/",
+        "amqps://user:s3cret@[::1/",
+        "http://user:s3cret@host/",
+    ] {
+        let shown = refusal(&["--amqp-url", url]);
+        assert!(shown.starts_with("WFM_AMQP_URL"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{url}: {shown}");
+    }
+    for url in [
+        "postgres://user:s3cret@host:notaport/db",
+        "postgres://user:s3cret@host/db?nosuchoption=1",
+        "host=db password=s3cret port=x",
+        "postgres://user:s3cret@host/db?sslmode=sometimes",
+    ] {
+        let shown = refusal(&["--database-url", url]);
+        assert!(shown.starts_with("WFM_DATABASE_URL"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{url}: {shown}");
+    }
 }
 
 #[test]
-fn zero_pool_size_is_refused_naming_the_variable() {
-    let args = DatabaseArgs {
-        database_url: "postgres://postgres@localhost/wfm".into(),
-        pool_size: 0,
-        database_sslmode: SslMode::Disable,
-        database_ca_file: None,
-        rds_instance_id: None,
-        rds_region: None,
-        rds_iam_auth: false,
-    };
-    assert_eq!(
-        args.validate().unwrap_err().to_string(),
-        "WFM_POOL_SIZE must not be zero or empty"
-    );
+fn the_urls_sslmode_is_honoured_when_the_variable_is_not_set() {
+    let settings = run(&["--database-url", "postgres://u@db/wfm?sslmode=require"]).unwrap();
+    assert_eq!(settings.database.ssl_mode, SslMode::Require);
+    let settings = run(&["--database-url", "postgres://u@db/wfm"]).unwrap();
+    assert_eq!(settings.database.ssl_mode, SslMode::Disable, "the default");
 }
 
 #[test]
-fn iam_auth_without_tls_is_refused_naming_the_variables() {
-    let args = DatabaseArgs {
-        database_url: "postgres://wfm@db/wfm".into(),
-        pool_size: 4,
-        database_sslmode: SslMode::Disable,
-        database_ca_file: None,
-        rds_instance_id: Some("db".into()),
-        rds_region: None,
-        rds_iam_auth: true,
-    };
-    let shown = args.validate().unwrap_err().to_string();
+fn the_urls_sslmode_and_the_variable_must_agree() {
+    let url = "postgres://u@db/wfm?sslmode=require";
+    let shown = refusal(&["--database-url", url, "--database-sslmode", "disable"]);
     assert!(
-        shown.contains("WFM_RDS_IAM_AUTH") && shown.contains("WFM_DATABASE_SSLMODE"),
+        shown.contains("WFM_DATABASE_SSLMODE") && shown.contains("sslmode in WFM_DATABASE_URL"),
         "{shown}"
     );
+    let settings = run(&["--database-url", url, "--database-sslmode", "require"]).unwrap();
+    assert_eq!(settings.database.ssl_mode, SslMode::Require);
+}
+
+#[test]
+fn iam_auth_needs_verified_tls() {
+    for mode in ["disable", "require"] {
+        let shown = refusal(&[
+            "--rds-iam-auth",
+            "true",
+            "--rds-instance-id",
+            "db",
+            "--database-sslmode",
+            mode,
+        ]);
+        assert!(
+            shown.contains("WFM_RDS_IAM_AUTH") && shown.contains("verify-full"),
+            "{shown}"
+        );
+    }
+    let settings = run(&[
+        "--rds-iam-auth",
+        "true",
+        "--database-sslmode",
+        "verify-full",
+        "--database-ca-file",
+        "/etc/rds.pem",
+    ])
+    .unwrap();
+    assert!(settings.database.rds.unwrap().iam_auth);
 }
 
 #[test]
 fn prefetch_below_batch_size_is_refused() {
-    let args = PipelineArgs {
-        prefetch: 10,
-        batch_size: 500,
-        batch_linger_ms: 5,
-        max_message_bytes: 1,
-        max_json_depth: 64,
-        max_clock_skew: Duration::from_secs(300),
-        max_deliveries: 5,
-        shutdown_timeout_secs: 30,
-    };
-    assert!(matches!(
-        args.validate(),
-        Err(ConfigError::PrefetchBelowBatch { .. })
-    ));
+    let shown = refusal(&["--prefetch", "10", "--batch-size", "500"]);
+    assert!(shown.starts_with("WFM_PREFETCH (10)"), "{shown}");
+}
+
+#[test]
+fn the_memory_limit_lowers_the_prefetch_so_that_the_largest_messages_fit() {
+    let defaults = run(&[]).unwrap().pipeline;
+    assert_eq!((defaults.prefetch, defaults.batch_size), (1000, 500));
+    // 64 MiB for 2 queues of 1 MiB messages, each held twice: 16 per queue.
+    let tight = run(&["--memory-limit", "64MiB", "--max-message-bytes", "1048576"])
+        .unwrap()
+        .pipeline;
+    assert_eq!((tight.prefetch, tight.batch_size), (16, 16));
+    let shown = refusal(&["--memory-limit", "1MiB", "--max-message-bytes", "1048576"]);
+    assert!(shown.starts_with("WFM_MEMORY_LIMIT"), "{shown}");
+}
+
+#[test]
+fn values_that_could_overflow_are_bounded() {
+    for (flag, value) in [
+        ("--batch-linger-ms", "99999999999999"),
+        ("--shutdown-timeout-secs", "0"),
+        ("--max-json-depth", "100000"),
+        ("--max-clock-skew", "3000d"),
+        ("--pool-size", "0"),
+    ] {
+        let argv = ["wfm-worker", "run", flag, value];
+        assert!(Cli::try_parse_from(argv).is_err(), "{flag} {value}");
+    }
 }
 
 #[test]

@@ -45,7 +45,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_bytes: 1 << 20,
+            max_bytes: 128 << 10,
             max_json_depth: 64,
             max_clock_skew: Duration::from_secs(300),
         }

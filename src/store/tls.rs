@@ -23,14 +23,7 @@ use rustls::{
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// `WFM_DATABASE_SSLMODE`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SslMode {
-    Disable,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
+use crate::config::SslMode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
@@ -38,17 +31,6 @@ pub enum TlsConfigError {
     MissingCa(&'static str),
     #[error("WFM_DATABASE_CA_FILE {path}: {reason}")]
     BadCa { path: String, reason: String },
-}
-
-impl SslMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Disable => "disable",
-            Self::Require => "require",
-            Self::VerifyCa => "verify-ca",
-            Self::VerifyFull => "verify-full",
-        }
-    }
 }
 
 /// Installs the process's rustls crypto provider (aws-lc-rs) once.

@@ -50,29 +50,98 @@ async fn the_binary_stores_what_is_published_and_exits_0_on_sigterm() {
 #[tokio::test]
 async fn a_wrong_setting_stops_start_up_with_one_line_naming_the_variable() {
     let env = TestEnv::new().await;
-    let output = worker(&env)
-        .env("WFM_POOL_SIZE", "0")
-        .arg("run")
-        .output()
-        .await
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("WFM_POOL_SIZE must not be zero"),
-        "{stderr}"
-    );
+    for (variable, value) in [
+        ("WFM_POOL_SIZE", "0"),
+        ("WFM_MAX_MESSAGE_BYTES", "lots"),
+        ("WFM_BATCH_LINGER_MS", "99999999999999"),
+        ("WFM_DATABASE_SSLMODE", "sometimes"),
+        ("WFM_MAX_CLOCK_SKEW", "forever"),
+        ("WFM_HTTP_ADDR", "nowhere"),
+        ("WFM_PREFETCH", "10"),
+        ("WFM_MEMORY_LIMIT", "1KiB"),
+    ] {
+        let output = worker(&env)
+            .env(variable, value)
+            .arg("run")
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success(), "{variable}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line for {variable}={value}: {stderr}");
+        assert!(lines[0].contains(variable), "{variable}: {stderr}");
+        assert!(
+            !lines[0].contains("--"),
+            "names a flag nobody typed: {stderr}"
+        );
+    }
+}
 
-    let output = worker(&env)
-        .env("WFM_AMQP_URL", "amqp://guest:hunter2@host:notaport/")
-        .arg("run")
-        .output()
+#[tokio::test]
+async fn malformed_urls_with_passwords_never_show_the_password() {
+    let env = TestEnv::new().await;
+    let databases = [
+        "postgres://wfm:hunter2@127.0.0.1:notaport/wfm",
+        "postgres://wfm:hunter2@127.0.0.1/wfm?nosuchoption=1",
+        "host=127.0.0.1 password=hunter2 port=x",
+        "postgres://wfm:hunter2@127.0.0.1:1/wfm?connect_timeout=1",
+    ];
+    let brokers = [
+        "amqp://guest:hunter2@host:notaport/",
+        "amqp:guest:hunter2@host/",
+        "amqps://guest:hunter2@[::1/",
+        "ftp://guest:hunter2@host/",
+        "amqp://guest:hunter2@127.0.0.1:1/%2f",
+    ];
+    let mut runs: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for url in databases {
+        runs.push(("WFM_DATABASE_URL", url, vec!["run"]));
+        runs.push(("WFM_DATABASE_URL", url, vec!["bootstrap"]));
+    }
+    for url in brokers {
+        runs.push(("WFM_AMQP_URL", url, vec!["run"]));
+        runs.push(("WFM_AMQP_URL", url, vec!["dlq", "list"]));
+        runs.push((
+            "WFM_AMQP_URL",
+            url,
+            vec![
+                "publish",
+                "version",
+                "--component",
+                "c",
+                "--train",
+                "t",
+                "--version",
+                "v",
+                "--released",
+                "2016-08-02T17:00:00Z",
+            ],
+        ));
+    }
+    for (variable, url, args) in runs {
+        let output = tokio::time::timeout(
+            Duration::from_secs(60),
+            worker(&env)
+                .env(variable, url)
+                .env("WFM_RECONNECT_MAX", "1")
+                .args(&args)
+                .output(),
+        )
         .await
+        .expect("gives up")
         .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("WFM_AMQP_URL"), "{stderr}");
-    assert!(!stderr.contains("hunter2"), "password leaked: {stderr}");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.status.success(), "{variable}={url} {args:?}: {all}");
+        assert!(
+            !all.contains("hunter2"),
+            "password shown for {variable}={url} {args:?}: {all}"
+        );
+    }
 }
 
 #[tokio::test]

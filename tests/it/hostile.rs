@@ -14,7 +14,7 @@ use wfm_worker::{
 };
 
 use crate::support::{
-    CLUSTER, Outgoing, TestEnv,
+    CLUSTER, Outgoing, RunningWorker, TestEnv,
     broker::{connection_pids, message_id, unacknowledged},
     checkin_body, header,
     hostile::{Case, Expect, cases},
@@ -80,6 +80,7 @@ async fn outcome(env: &TestEnv, case: &Case, copies: &[BasicGetMessage]) -> (i64
 #[tokio::test]
 async fn nothing_a_publisher_sends_stalls_disconnects_or_is_dropped() {
     let env = TestEnv::new().await;
+    // The largest bodies the worker accepts can quote the most: allow 1 MiB.
     let cases = cases(1 << 20);
     let addr = free_port();
     let log_path =
@@ -88,6 +89,7 @@ async fn nothing_a_publisher_sends_stalls_disconnects_or_is_dropped() {
     let mut child = worker_command(&env)
         .env("WFM_HTTP_ADDR", addr.to_string())
         .env("WFM_LOG_FORMAT", "json")
+        .env("WFM_MAX_MESSAGE_BYTES", "1048576")
         .arg("run")
         .stderr(log)
         .spawn()
@@ -218,7 +220,10 @@ async fn nothing_a_publisher_sends_stalls_disconnects_or_is_dropped() {
 async fn a_200_kb_string_in_a_checkin_is_dead_lettered_with_a_short_reason_on_the_same_connection()
 {
     let env = TestEnv::new().await;
-    let worker = env.start();
+    let mut settings = env.settings();
+    // Bodies up to 1 MiB allowed: a 200 KB string reaches the parser.
+    settings.pipeline.limits.max_bytes = 1 << 20;
+    let worker = RunningWorker::start(settings);
     env.broker.publish_checkins(&neighbours("before", 1)).await;
     env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 1)
         .await;
