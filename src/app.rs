@@ -9,6 +9,7 @@
 //! conflict, refused credentials) or an exhausted `WFM_RECONNECT_MAX` ends `run`
 //! with an error.
 
+mod probe;
 mod supervise;
 
 use std::{sync::Arc, time::Duration};
@@ -113,12 +114,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let serving = shutdown.child_token();
     let server = match settings.http_addr {
         Some(addr) => Some(
-            http::serve(addr, readiness.clone(), pool.clone(), serving.clone())
+            http::serve(addr, readiness.clone(), serving.clone())
                 .await
                 .map_err(RunError::Http)?,
         ),
         None => None,
     };
+    let probing = tokio::spawn(probe::watch_database(
+        pool.clone(),
+        readiness.clone(),
+        serving.clone(),
+    ));
     let result = async {
         let mut retry = Retry::new(&settings, &shutdown, "bootstrap");
         while let Err(error) = bootstrap_with(&pool, &settings.database).await {
@@ -127,6 +133,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             }
         }
         readiness.set_bootstrapped();
+        readiness.database_ok();
         let mut retry = Retry::new(&settings, &shutdown, "consume");
         loop {
             let worker = Worker {
@@ -147,6 +154,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     .await;
     readiness.set_broker_connected(false);
     serving.cancel();
+    let _ = probing.await;
     if let Some(server) = server {
         let _ = server.await;
     }

@@ -18,10 +18,7 @@ use serde_json::json;
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    readiness::{QueueState, Readiness},
-    store::Pool,
-};
+use crate::readiness::{DatabaseState, QueueState, Readiness};
 
 /// Queues a ready worker consumes.
 const QUEUES: usize = 2;
@@ -29,7 +26,6 @@ const QUEUES: usize = 2;
 #[derive(Clone)]
 struct AppState {
     readiness: Arc<Readiness>,
-    pool: Pool,
     metrics: PrometheusHandle,
 }
 
@@ -72,7 +68,6 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub async fn serve(
     addr: SocketAddr,
     readiness: Arc<Readiness>,
-    pool: Pool,
     shutdown: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -83,11 +78,7 @@ pub async fn serve(
     })?;
     let metrics = metrics_handle();
     let upkeep = metrics.clone();
-    let state = AppState {
-        readiness,
-        pool,
-        metrics,
-    };
+    let state = AppState { readiness, metrics };
     let app = Router::new()
         .route("/healthz", routing::get(|| async { "ok\n" }))
         .route("/readyz", routing::get(readyz))
@@ -116,6 +107,8 @@ async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Served from state the worker keeps up to date (see `readiness`): no
+/// database or broker round trip, a body of fixed fields, no server text.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let r = state.readiness.snapshot();
     let consuming = r
@@ -123,8 +116,15 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         .values()
         .filter(|q| **q == QueueState::Consuming)
         .count();
-    let database = database_check(&state.pool).await;
-    let ready = r.bootstrapped && r.broker_connected && consuming == QUEUES && database.is_ok();
+    let database = match r.database {
+        DatabaseState::Ok => "ok".to_owned(),
+        DatabaseState::Unreachable(problem) => format!("unreachable: {}", problem.as_str()),
+        DatabaseState::Unknown => "unknown: not heard from recently".to_owned(),
+    };
+    let ready = r.bootstrapped
+        && r.broker_connected
+        && consuming == QUEUES
+        && r.database == DatabaseState::Ok;
     let queues: serde_json::Map<String, serde_json::Value> = r
         .queues
         .iter()
@@ -140,7 +140,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         "ready": ready,
         "checks": {
             "bootstrap": if r.bootstrapped { "ok" } else { "pending" },
-            "database": database.err().unwrap_or_else(|| "ok".to_owned()),
+            "database": database,
             "broker": if r.broker_connected { "ok" } else { "disconnected" },
             "consuming": format!("{consuming} of {QUEUES} queues"),
             "queues": queues,
@@ -156,23 +156,6 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
-}
-
-/// A round trip on a pooled connection, bounded so a black-holed database
-/// answers "unreachable" instead of hanging the probe.
-async fn database_check(pool: &Pool) -> Result<(), String> {
-    let check = async {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    };
-    match tokio::time::timeout(Duration::from_secs(2), check).await {
-        Ok(result) => result.map_err(|e| format!("unreachable: {e}")),
-        Err(_) => Err("unreachable: no answer within 2 s".to_owned()),
-    }
 }
 
 /// `GET path` on a loopback HTTP/1.0 server, returning (status, body). This is

@@ -9,6 +9,7 @@ use lapin::{message::Delivery, types::AMQPValue};
 use super::{PipelineError, QueueContext, QueueKind};
 use crate::{
     message::{Checkin, Envelope, Item, Rejection, TimeCorrection, VersionEvent},
+    readiness::DatabaseProblem,
     store::{self, ErrorClass, PgConnection, RowFailure, StoreError, WriteOutcome},
 };
 
@@ -241,7 +242,10 @@ async fn write<T: Storable>(
     for attempt_number in 1u32.. {
         let error = match attempt(context, items).await {
             None => return Ok(Written::Interrupted),
-            Some(Ok(outcome)) => return Ok(Written::Outcome(outcome)),
+            Some(Ok(outcome)) => {
+                context.readiness.database_ok();
+                return Ok(Written::Outcome(outcome));
+            }
             Some(Err(error)) => error,
         };
         if error.class() != ErrorClass::Transient || matches!(error, StoreError::Systemic { .. }) {
@@ -249,6 +253,9 @@ async fn write<T: Storable>(
             return Ok(Written::Systemic(systemic_reason(&error)));
         }
         tracing::warn!(queue = %context.queue, attempt = attempt_number, error = %error, "database write failed; retrying the batch");
+        context
+            .readiness
+            .database_failed(DatabaseProblem::WritesFail);
         tokio::select! {
             () = context.abandon.cancelled() => return Err(PipelineError::Abandoned(context.queue.clone())),
             () = context.shutdown.cancelled() => return Ok(Written::Interrupted),

@@ -48,6 +48,17 @@ async fn readiness_turns_503_naming_the_database_while_it_is_cut_and_200_after()
     let body = wait_for_status(addr, "/readyz", 503).await;
     assert!(body.contains("unreachable"), "names the database: {body}");
     assert!(body.contains(r#""broker":"ok""#), "{body}");
+    for detail in [
+        "127.0.0.1",
+        &proxy.addr.port().to_string(),
+        "refused",
+        "PostgreSQL",
+    ] {
+        assert!(
+            !body.contains(detail),
+            "readiness tells no server details: {body}"
+        );
+    }
     let (status, _) = http::get(addr, "/healthz").await.unwrap();
     assert_eq!(status, 200, "alive while not ready");
     proxy.restore();
@@ -151,4 +162,47 @@ fn the_dockerfile_builds_in_stages_and_runs_the_binary_as_non_root_with_a_health
     assert!(has("HEALTHCHECK") && dockerfile.contains(r#"CMD ["wfm-worker", "healthcheck"]"#));
     assert!(has(r#"ENTRYPOINT ["wfm-worker"]"#));
     assert!(has(r#"CMD ["run"]"#));
+}
+
+#[tokio::test]
+async fn readiness_answers_at_once_while_every_pooled_connection_is_busy() {
+    let env = TestEnv::new().await;
+    // Each insert of a "slow" checkin holds its connection for 3 seconds.
+    env.db
+        .bootstrap_then(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.data->>'marker' = 'slow' THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON clusters_checkins FOR EACH ROW EXECUTE FUNCTION slow();",
+        )
+        .await;
+    let mut settings = env.settings();
+    settings.database.pool_size = 1;
+    let addr = free_port();
+    settings.http_addr = Some(addr);
+    let worker = RunningWorker::start(settings);
+    wait_for_status(addr, "/readyz", 200).await;
+    env.broker
+        .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "slow")).id("slow")])
+        .await;
+    wait_until("the write to hold the only connection", Duration::from_secs(10), || async {
+        env.db
+            .try_count("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                 AND pid <> pg_backend_pid() AND wait_event = 'PgSleep'")
+            .await
+            .is_some_and(|n| n > 0)
+    })
+    .await;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let (status, _) = http::get(addr, "/readyz").await.unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 1)
+        .await;
+    worker.stop().await.unwrap();
 }
