@@ -9,12 +9,13 @@
 //! conflict, refused credentials) or an exhausted `WFM_RECONNECT_MAX` ends `run`
 //! with an error.
 
+mod gauges;
 mod probe;
 mod supervise;
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
+use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -111,6 +112,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     // The recorder first: handles registered before it exists record nothing.
     http::metrics_handle();
     let queues = Queues::register(&settings.broker.topology);
+    gauges::register(&settings.broker.topology);
     let serving = shutdown.child_token();
     let server = match settings.http_addr {
         Some(addr) => Some(
@@ -311,7 +313,7 @@ impl Worker<'_> {
                 doing: "opening the sampling channel",
                 source,
             })?;
-        let sampler = tokio::spawn(sample_gauges(
+        let sampler = tokio::spawn(gauges::sample(
             setup,
             self.pool.clone(),
             topology.clone(),
@@ -355,42 +357,6 @@ fn watch_dead_letters(
         blocked.set(0.0);
         result
     }
-}
-
-/// Gauges no event updates: pool connections, and each queue's depth and
-/// consumers (a passive declare, which changes nothing on the broker).
-async fn sample_gauges(channel: Channel, pool: Pool, topology: Topology, stop: CancellationToken) {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let queues = [
-        topology.checkin_queue,
-        topology.version_queue,
-        topology.dead_letter_queue,
-    ];
-    loop {
-        let state = pool.state();
-        metrics::gauge!("wfm_pool_connections", "state" => "idle").set(state.idle_connections);
-        metrics::gauge!("wfm_pool_connections", "state" => "in_use")
-            .set(state.connections - state.idle_connections);
-        for queue in &queues {
-            if let Ok(declared) = channel
-                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                .await
-            {
-                metrics::gauge!("wfm_queue_messages", "queue" => queue.clone())
-                    .set(declared.message_count());
-                metrics::gauge!("wfm_queue_consumers", "queue" => queue.clone())
-                    .set(declared.consumer_count());
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-    }
-    let _ = channel.close(200, "sampler stopped".into()).await;
 }
 
 #[cfg(test)]

@@ -117,6 +117,11 @@ pub async fn discover(sdk: &SdkConfig, instance_id: &str) -> Result<Endpoint, Rd
     })
 }
 
+/// Registers `wfm_database_auth_tokens_total` at zero.
+pub fn register_metrics() {
+    metrics::counter!("wfm_database_auth_tokens_total").increment(0);
+}
+
 /// Mints IAM database authentication tokens, counting them.
 #[derive(Clone, Debug)]
 pub struct IamAuth {

@@ -184,13 +184,19 @@ async fn readiness_answers_at_once_while_every_pooled_connection_is_busy() {
     env.broker
         .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "slow")).id("slow")])
         .await;
-    wait_until("the write to hold the only connection", Duration::from_secs(10), || async {
-        env.db
-            .try_count("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-                 AND pid <> pg_backend_pid() AND wait_event = 'PgSleep'")
-            .await
-            .is_some_and(|n| n > 0)
-    })
+    wait_until(
+        "the write to hold the only connection",
+        Duration::from_secs(10),
+        || async {
+            env.db
+                .try_count(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                 AND pid <> pg_backend_pid() AND wait_event = 'PgSleep'",
+                )
+                .await
+                .is_some_and(|n| n > 0)
+        },
+    )
     .await;
     for _ in 0..20 {
         let started = std::time::Instant::now();
@@ -205,4 +211,65 @@ async fn readiness_answers_at_once_while_every_pooled_connection_is_busy() {
     env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 1)
         .await;
     worker.stop().await.unwrap();
+}
+
+/// The metric names of the README's table, with their types.
+fn documented_metrics() -> Vec<(String, String)> {
+    let readme = include_str!("../../README.md");
+    let mut metrics = Vec::new();
+    for line in readme.lines().filter(|l| l.starts_with("| `wfm_")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let kind = cells[2].to_owned();
+        for name in cells[1].split('/') {
+            metrics.push((name.trim().trim_matches('`').to_owned(), kind.clone()));
+        }
+    }
+    metrics
+}
+
+#[tokio::test]
+async fn every_documented_metric_is_exported_from_the_first_scrape_of_a_quiet_worker() {
+    let env = TestEnv::new().await;
+    let addr = free_port();
+    let mut child = crate::support::process::worker_command(&env)
+        .env("WFM_HTTP_ADDR", addr.to_string())
+        .stderr(std::process::Stdio::null())
+        .arg("run")
+        .spawn()
+        .unwrap();
+    wait_for_status(addr, "/readyz", 200).await;
+    let (_, text) = http::get(addr, "/metrics").await.unwrap();
+    let documented = documented_metrics();
+    assert!(documented.len() >= 15, "the README's table was found");
+    for (name, kind) in &documented {
+        let series = if kind == "histogram" {
+            format!("{name}_count")
+        } else {
+            name.clone()
+        };
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{series}{{"))
+                    || l.starts_with(&format!("{series} "))),
+            "{name} ({kind}) is not exported before its first event:\n{text}"
+        );
+    }
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("wfm_"))
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .map(|n| {
+            n.trim_end_matches("_bucket")
+                .trim_end_matches("_count")
+                .trim_end_matches("_sum")
+        })
+        .collect();
+    for name in exported {
+        assert!(
+            documented.iter().any(|(d, _)| d == name),
+            "{name} is exported but not documented"
+        );
+    }
+    crate::support::process::signal(&child, "-TERM").await;
+    assert!(child.wait().await.unwrap().success());
 }
