@@ -11,7 +11,10 @@
 
 mod gauges;
 mod probe;
+mod retry;
 mod supervise;
+
+use retry::Retry;
 
 use std::{sync::Arc, time::Duration};
 
@@ -69,6 +72,7 @@ impl RunError {
             Self::Bootstrap(BootstrapError::Database(e)) => {
                 store::classify(e) == ErrorClass::Transient
             }
+            Self::DatabaseSetup(store::SetupError::Rds(e)) => e.is_transient(),
             Self::Broker(e) | Self::Pipeline(PipelineError::Broker(e)) => e.is_transient(),
             Self::Pipeline(PipelineError::ConsumerCancelled(_) | PipelineError::Abandoned(_)) => {
                 true
@@ -107,7 +111,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         broker = %describe_amqp(&settings.broker.uri),
         "starting"
     );
-    let pool = store::connect_pool(&settings.database).await?;
     let readiness = Arc::new(Readiness::default());
     // The recorder first: handles registered before it exists record nothing.
     http::metrics_handle();
@@ -122,103 +125,20 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         ),
         None => None,
     };
-    let probing = tokio::spawn(probe::watch_database(
-        pool.clone(),
-        readiness.clone(),
-        serving.clone(),
-    ));
-    let result = async {
-        let mut retry = Retry::new(&settings, &shutdown, "bootstrap");
-        while let Err(error) = bootstrap_with(&pool, &settings.database).await {
-            if !retry.after(error).await? {
-                return Ok(());
-            }
-        }
-        readiness.set_bootstrapped();
-        readiness.database_ok();
-        let mut retry = Retry::new(&settings, &shutdown, "consume");
-        loop {
-            let worker = Worker {
-                settings: &settings,
-                pool: &pool,
-                readiness: &readiness,
-                queues: &queues,
-                shutdown: &shutdown,
-            };
-            let Err(error) = worker.consume(&mut retry).await else {
-                return Ok(());
-            };
-            if !retry.after(error).await? {
-                return Ok(());
-            }
-        }
-    }
-    .await;
+    let worker = Worker {
+        settings: &settings,
+        readiness: &readiness,
+        queues: &queues,
+        shutdown: &shutdown,
+    };
+    let result = worker.start_and_consume(&serving).await;
     readiness.set_broker_connected(false);
     serving.cancel();
-    let _ = probing.await;
     if let Some(server) = server {
         let _ = server.await;
     }
     tracing::info!(ok = result.is_ok(), "stopped");
     result
-}
-
-/// Attempts at one step (bootstrap, or a broker connection's life), with capped
-/// exponential backoff and full jitter between them.
-struct Retry<'a> {
-    settings: &'a Settings,
-    shutdown: &'a CancellationToken,
-    step: &'static str,
-    attempts: u32,
-}
-
-impl<'a> Retry<'a> {
-    fn new(settings: &'a Settings, shutdown: &'a CancellationToken, step: &'static str) -> Self {
-        Retry {
-            settings,
-            shutdown,
-            step,
-            attempts: 0,
-        }
-    }
-
-    /// The step made progress (connected and consuming): the budget starts over.
-    fn reset(&mut self) {
-        self.attempts = 0;
-    }
-
-    /// After a failure: the error back when it is final (not transient, the
-    /// budget is spent, or shutdown was requested while failing), else waits
-    /// and answers whether to try again (false: shutdown came during the wait).
-    async fn after(&mut self, error: RunError) -> Result<bool, RunError> {
-        if self.shutdown.is_cancelled() || !error.is_transient() {
-            return Err(error);
-        }
-        self.attempts += 1;
-        let max = self.settings.reconnect_max;
-        if max != 0 && self.attempts > max {
-            return Err(RunError::RetriesExhausted {
-                attempts: self.attempts,
-                last: Box::new(error),
-            });
-        }
-        let delay = backoff(self.attempts);
-        metrics::counter!("wfm_reconnects_total", "step" => self.step).increment(1);
-        tracing::warn!(step = self.step, attempt = self.attempts, delay_ms = delay.as_millis() as u64, error = %error, "failed; trying again");
-        tokio::select! {
-            () = self.shutdown.cancelled() => Ok(false),
-            () = tokio::time::sleep(delay) => Ok(true),
-        }
-    }
-}
-
-/// 0.5 s doubling to 30 s, each delay drawn between half and all of it so that
-/// replicas that lost the broker together do not reconnect together.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = Duration::from_millis(500).saturating_mul(1 << attempt.saturating_sub(1).min(6));
-    let ceiling = ceiling.min(Duration::from_secs(30));
-    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 /// The two work queues, with their metrics (registered once, at zero).
@@ -235,19 +155,67 @@ impl Queues {
     }
 }
 
-/// What one broker connection's life needs.
+/// What the worker's life needs.
 struct Worker<'a> {
     settings: &'a Settings,
-    pool: &'a Pool,
     readiness: &'a Arc<Readiness>,
     queues: &'a Queues,
     shutdown: &'a CancellationToken,
 }
 
 impl Worker<'_> {
+    /// Finds the database (RDS discovery waits out an instance that is not
+    /// serving yet), bootstraps it, then consumes, reconnecting, until
+    /// shutdown. Every step is retried while its failure is transient.
+    async fn start_and_consume(&self, serving: &CancellationToken) -> Result<(), RunError> {
+        let mut retry = Retry::new(self.settings, self.shutdown, "bootstrap");
+        let pool = loop {
+            match store::connect_pool(&self.settings.database).await {
+                Ok(pool) => break pool,
+                Err(error) => {
+                    if !retry.after(error.into()).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let probing = tokio::spawn(probe::watch_database(
+            pool.clone(),
+            self.readiness.clone(),
+            serving.clone(),
+        ));
+        let result = self.bootstrap_and_consume(&pool, retry).await;
+        serving.cancel();
+        let _ = probing.await;
+        result
+    }
+
+    async fn bootstrap_and_consume(
+        &self,
+        pool: &Pool,
+        mut retry: Retry<'_>,
+    ) -> Result<(), RunError> {
+        while let Err(error) = bootstrap_with(pool, &self.settings.database).await {
+            if !retry.after(error).await? {
+                return Ok(());
+            }
+        }
+        self.readiness.set_bootstrapped();
+        self.readiness.database_ok();
+        let mut retry = Retry::new(self.settings, self.shutdown, "consume");
+        loop {
+            let Err(error) = self.consume(pool, &mut retry).await else {
+                return Ok(());
+            };
+            if !retry.after(error).await? {
+                return Ok(());
+            }
+        }
+    }
+
     /// One broker connection's life (and its dead-letter connection's):
     /// topology, consumers, supervision. Returns Ok only on shutdown.
-    async fn consume(&self, retry: &mut Retry<'_>) -> Result<(), RunError> {
+    async fn consume(&self, pool: &Pool, retry: &mut Retry<'_>) -> Result<(), RunError> {
         let broker = &self.settings.broker;
         let connection = broker::connect(broker, &broker.connection_name).await?;
         let dead_letter_name = format!("{} dead letters", broker.connection_name);
@@ -260,7 +228,7 @@ impl Worker<'_> {
         };
         self.readiness.set_broker_connected(true);
         let result = self
-            .consume_on(&connection, &dead_letter_connection, retry)
+            .consume_on(pool, &connection, &dead_letter_connection, retry)
             .await;
         self.readiness.set_broker_connected(false);
         let _ = connection.close(200, "worker stopped".into()).await;
@@ -272,6 +240,7 @@ impl Worker<'_> {
 
     async fn consume_on(
         &self,
+        pool: &Pool,
         connection: &Connection,
         dead_letter_connection: &Connection,
         retry: &mut Retry<'_>,
@@ -289,7 +258,7 @@ impl Worker<'_> {
             let context = QueueContext {
                 kind: *kind,
                 queue: queue.clone(),
-                pool: self.pool.clone(),
+                pool: pool.clone(),
                 dead_letters: dead_letters.clone(),
                 settings: self.settings.pipeline.clone(),
                 readiness: self.readiness.clone(),
@@ -315,7 +284,7 @@ impl Worker<'_> {
             })?;
         let sampler = tokio::spawn(gauges::sample(
             setup,
-            self.pool.clone(),
+            pool.clone(),
             topology.clone(),
             stop.clone(),
         ));
@@ -356,23 +325,5 @@ fn watch_dead_letters(
         };
         blocked.set(0.0);
         result
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_half_a_second_to_a_30_second_cap_with_jitter() {
-        for _ in 0..100 {
-            let first = backoff(1);
-            assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
-            let later = backoff(4);
-            assert!(later >= Duration::from_secs(2) && later <= Duration::from_secs(4));
-            assert!(
-                backoff(30) <= Duration::from_secs(30) && backoff(30) >= Duration::from_secs(15)
-            );
-        }
     }
 }

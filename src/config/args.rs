@@ -175,11 +175,11 @@ pub struct PipelineArgs {
     #[command(flatten)]
     pub limits: LimitsArgs,
 
-    /// Memory the worker may use for messages in flight (e.g. `512MiB`): the
+    /// Memory the worker may use for messages in flight (e.g. `1GiB`): the
     /// prefetch of each queue is lowered so that prefetch × WFM_MAX_MESSAGE_BYTES
-    /// × 2 (a copy while written) × 2 queues fits. Resident memory stays below
-    /// this plus ~40 MiB.
-    #[arg(long, env = "WFM_MEMORY_LIMIT", default_value = "512MiB")]
+    /// × 4 (buffers while received and written) × 2 queues fits. Resident
+    /// memory stays below this plus ~40 MiB.
+    #[arg(long, env = "WFM_MEMORY_LIMIT", default_value = "1GiB")]
     pub memory_limit: bytesize::ByteSize,
 
     /// Deliveries of one message that fails alone, neither transiently nor for
@@ -288,9 +288,11 @@ impl BrokerArgs {
 
 /// Work queues, each with its own prefetch.
 const QUEUES: u64 = 2;
-/// A message may be held twice while its batch is written (the delivery, and
-/// the statement's encoded parameters).
-const COPIES: u64 = 2;
+/// A message may occupy up to four times its size while it is in flight: the
+/// delivery's buffer (grown by doubling as frames arrive), the statement's
+/// encoded parameters (grown the same way), and what the allocator keeps
+/// between them. Measured: see the memory test.
+const COPIES: u64 = 4;
 
 impl PipelineArgs {
     pub fn validate(&self) -> Result<PipelineSettings, ConfigError> {

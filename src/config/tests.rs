@@ -108,12 +108,12 @@ fn prefetch_below_batch_size_is_refused() {
 fn the_memory_limit_lowers_the_prefetch_so_that_the_largest_messages_fit() {
     let defaults = run(&[]).unwrap().pipeline;
     assert_eq!((defaults.prefetch, defaults.batch_size), (1000, 500));
-    // 64 MiB for 2 queues of 1 MiB messages, each held twice: 16 per queue.
+    // 64 MiB for 2 queues of 1 MiB messages, each taking up to 4 MiB: 8 per queue.
     let tight = run(&["--memory-limit", "64MiB", "--max-message-bytes", "1048576"])
         .unwrap()
         .pipeline;
-    assert_eq!((tight.prefetch, tight.batch_size), (16, 16));
-    let shown = refusal(&["--memory-limit", "1MiB", "--max-message-bytes", "1048576"]);
+    assert_eq!((tight.prefetch, tight.batch_size), (8, 8));
+    let shown = refusal(&["--memory-limit", "4MiB", "--max-message-bytes", "1048576"]);
     assert!(shown.starts_with("WFM_MEMORY_LIMIT"), "{shown}");
 }
 

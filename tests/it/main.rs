@@ -11,6 +11,7 @@ mod dead_letter_routing;
 mod dead_letters;
 mod faults;
 mod hostile;
+mod memory;
 mod operations;
 mod publisher;
 mod rds;

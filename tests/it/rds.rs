@@ -188,7 +188,11 @@ async fn discovery_refuses_unusable_instances_with_the_reason() {
             "RDS instance wfm-missing (WFM_RDS_INSTANCE_ID) was not found",
         ),
         ("wfm-mysql", true, "runs mysql, not PostgreSQL"),
-        ("wfm-stopped", true, "is stopped, not available"),
+        (
+            "wfm-stopped",
+            true,
+            "is stopped, which cannot serve connections",
+        ),
         ("wfm-mysql", false, "no AWS credentials"),
     ];
     for (id, credentials, reason) in cases {
@@ -196,4 +200,114 @@ async fn discovery_refuses_unusable_instances_with_the_reason() {
         assert!(!ok, "{id}: start-up must fail");
         assert!(stderr.contains(reason), "{id}: {stderr}");
     }
+}
+
+/// A DescribeDBInstances endpoint of the test's own, for the statuses moto
+/// cannot produce: answers each call with the next status of `statuses` (the
+/// last one repeated), the instance at the local PostgreSQL.
+async fn rds_stub(
+    statuses: &'static [&'static str],
+    dbname: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let call = counted.fetch_add(1, Ordering::SeqCst);
+            let status = statuses[call.min(statuses.len() - 1)];
+            let dbname = dbname.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // Headers, then the form body of its Content-Length.
+                loop {
+                    let Ok(n) = socket.read(&mut buffer).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break;
+                        }
+                    }
+                }
+                let xml = format!(
+                    r#"<DescribeDBInstancesResponse xmlns="http://rds.amazonaws.com/doc/2014-10-31/"><DescribeDBInstancesResult><DBInstances><DBInstance><DBInstanceIdentifier>stub</DBInstanceIdentifier><Engine>postgres</Engine><DBInstanceStatus>{status}</DBInstanceStatus><DBName>{dbname}</DBName><Endpoint><Address>127.0.0.1</Address><Port>5432</Port></Endpoint></DBInstance></DBInstances></DescribeDBInstancesResult><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></DescribeDBInstancesResponse>"#
+                );
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xml}",
+                    xml.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (endpoint, calls)
+}
+
+#[tokio::test]
+async fn an_instance_still_rebooting_is_waited_for_and_one_backing_up_is_used() {
+    let env = TestEnv::new().await;
+    let (endpoint, calls) = rds_stub(
+        &["rebooting", "starting", "backing-up"],
+        env.db.name.clone(),
+    )
+    .await;
+    let output = worker_command(&env)
+        .env(
+            "WFM_DATABASE_URL",
+            "postgres://postgres@not-used.invalid/not-used",
+        )
+        .env("WFM_RDS_INSTANCE_ID", "stub")
+        .env("WFM_RDS_REGION", REGION)
+        .env("AWS_ENDPOINT_URL_RDS", &endpoint)
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("WFM_RECONNECT_MAX", "5")
+        .stderr(Stdio::null())
+        // `run` retries discovery; stop it once the schema is in.
+        .arg("run")
+        .spawn()
+        .unwrap();
+    let mut child = output;
+    wait_until(
+        "the schema in the discovered database",
+        Duration::from_secs(60),
+        || async {
+            env.db
+                .try_count("SELECT count(*) FROM schema_migrations")
+                .await
+                .is_some_and(|n| n == wfm_worker::store::MIGRATIONS.len() as i64)
+        },
+    )
+    .await;
+    assert!(
+        calls.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "waited through rebooting and starting"
+    );
+    crate::support::process::signal(&child, "-TERM").await;
+    assert!(child.wait().await.unwrap().success());
 }
