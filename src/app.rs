@@ -10,6 +10,7 @@
 //! with an error.
 
 mod gauges;
+pub mod maintenance;
 mod probe;
 mod retry;
 mod supervise;
@@ -23,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{self, BrokerError, DeadLetters},
-    config::{DatabaseSettings, Settings, Topology, describe_amqp, describe_postgres},
+    config::{
+        DatabaseSettings, HistorySettings, Settings, Topology, describe_amqp, describe_postgres,
+    },
     http,
     pipeline::{PipelineError, QueueContext, QueueKind, QueueMetrics, run_queue},
     readiness::Readiness,
@@ -42,6 +45,10 @@ pub enum RunError {
     DatabaseSetup(#[from] store::SetupError),
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Conversion(#[from] store::history::ConversionError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -88,6 +95,31 @@ pub async fn bootstrap(settings: &DatabaseSettings) -> Result<usize, RunError> {
     bootstrap_with(&store::connect_pool(settings).await?, settings).await
 }
 
+/// One maintenance run of checkin history, after the bootstrap (`maintain`).
+pub async fn maintain(
+    settings: &DatabaseSettings,
+    history: &HistorySettings,
+) -> Result<store::history::MaintenanceReport, RunError> {
+    let pool = store::connect_pool(settings).await?;
+    bootstrap_with(&pool, settings).await?;
+    Ok(maintenance::run_once(&pool, history).await?)
+}
+
+/// Converts `clusters_checkins` to a partitioned table, after the bootstrap
+/// (`migrate partition-checkins`).
+pub async fn partition_checkins(
+    settings: &DatabaseSettings,
+    history: &HistorySettings,
+) -> Result<store::history::ConversionReport, RunError> {
+    let pool = store::connect_pool(settings).await?;
+    bootstrap_with(&pool, settings).await?;
+    let mut connection = pool
+        .dedicated_connection()
+        .await
+        .map_err(store::StoreError::from)?;
+    Ok(store::history::convert_to_partitioned(&mut connection, history.period).await?)
+}
+
 async fn bootstrap_with(pool: &Pool, settings: &DatabaseSettings) -> Result<usize, RunError> {
     // A connection of its own: the advisory lock is held by the session, and a
     // pooled connection could go back to the pool still holding it.
@@ -116,6 +148,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     http::metrics_handle();
     let queues = Queues::register(&settings.broker.topology);
     gauges::register(&settings.broker.topology);
+    maintenance::register_metrics();
     let serving = shutdown.child_token();
     let server = match settings.http_addr {
         Some(addr) => Some(
@@ -202,6 +235,21 @@ impl Worker<'_> {
         }
         self.readiness.set_bootstrapped();
         self.readiness.database_ok();
+        // The current partition must exist before anything is consumed.
+        if let Err(error) = maintenance::run_once(pool, &self.settings.history).await {
+            tracing::warn!(error = %error, "checkin history maintenance failed; trying again later");
+        }
+        let upkeep = tokio::spawn(maintenance::keep(
+            pool.clone(),
+            self.settings.history,
+            self.shutdown.child_token(),
+        ));
+        let result = self.consume_retrying(pool).await;
+        upkeep.abort();
+        result
+    }
+
+    async fn consume_retrying(&self, pool: &Pool) -> Result<(), RunError> {
         let mut retry = Retry::new(self.settings, self.shutdown, "consume");
         loop {
             let Err(error) = self.consume(pool, &mut retry).await else {

@@ -5,7 +5,7 @@ use std::{ffi::OsString, path::PathBuf};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::{
-    config::{BrokerArgs, DatabaseArgs, HttpArgs, LimitsArgs, RunArgs},
+    config::{BrokerArgs, DatabaseArgs, HistoryArgs, HttpArgs, LimitsArgs, RunArgs},
     telemetry::LogFormat,
 };
 
@@ -36,6 +36,13 @@ pub enum Command {
     Run(RunArgs),
     /// Apply the schema files to the database and exit (for an init job).
     Bootstrap(BootstrapArgs),
+    /// Keep checkin history in shape once and exit: partitions created ahead,
+    /// history beyond WFM_CHECKIN_RETENTION dropped, deduplication keys rotated
+    /// (for a CronJob; `run` does the same every ten minutes).
+    Maintain(HistoryDatabaseArgs),
+    /// Changes to the schema that are never applied at start-up.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
     /// Publish checkins or version events, validated locally with the worker's
     /// own rules, persistent and with publisher confirms.
     #[command(subcommand)]
@@ -56,6 +63,22 @@ pub enum PublishCommand {
     /// Publish checkins from a file: one JSON document, or JSON lines (one
     /// checkin per line); `-` reads standard input.
     Checkin(PublishCheckinArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Convert a live `clusters_checkins` into a table partitioned by checkin
+    /// time, online (writers wait milliseconds) and resumably; the existing
+    /// rows become its first partition, nothing is copied.
+    PartitionCheckins(HistoryDatabaseArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HistoryDatabaseArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub history: HistoryArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 use wfm_worker::{
     app,
-    cli::{Command, DlqCommand, HealthcheckArgs, PublishCommand},
+    cli::{Command, DlqCommand, HealthcheckArgs, MigrateCommand, PublishCommand},
     dlq, http, publish, shutdown, telemetry,
 };
 
@@ -42,6 +42,16 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Bootstrap(args) => {
             app::bootstrap(&args.database.validate()?).await?;
+        }
+        Command::Maintain(args) => {
+            let report =
+                app::maintain(&args.database.validate()?, &args.history.settings()).await?;
+            eprintln!("{report:?}");
+        }
+        Command::Migrate(MigrateCommand::PartitionCheckins(args)) => {
+            let history = args.history.settings();
+            let report = app::partition_checkins(&args.database.validate()?, &history).await?;
+            eprintln!("{report:?}");
         }
         Command::Publish(command) => publish(command).await?,
         Command::Dlq(command) => dead_letters(command).await?,

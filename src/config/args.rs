@@ -8,8 +8,8 @@ use clap::Args;
 use lapin::uri::AMQPUri;
 
 use super::{
-    BrokerSettings, ConfigError, DatabaseSettings, PipelineSettings, RdsSettings, Settings,
-    SslMode, Topology,
+    BrokerSettings, ConfigError, DatabaseSettings, HistorySettings, Period, PipelineSettings,
+    RdsSettings, Settings, SslMode, Topology,
     database_url::{DatabaseUrl, reconcile},
     non_zero,
     redact::redact_secrets,
@@ -195,6 +195,52 @@ pub struct PipelineArgs {
     pub shutdown_timeout_secs: u64,
 }
 
+/// How checkin history is partitioned and kept (`run`, `maintain`, `migrate`).
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    /// Period of one partition of a partitioned `clusters_checkins`: day, week
+    /// or month (see `wfm-worker migrate partition-checkins`).
+    #[arg(long, env = "WFM_CHECKIN_PARTITION", value_enum, default_value = "day")]
+    pub checkin_partition: Period,
+
+    /// Checkin history older than this (e.g. `90d`) is dropped, whole
+    /// partitions at a time; unset: kept for ever. Needs a partitioned table.
+    #[arg(long, env = "WFM_CHECKIN_RETENTION", value_parser = retention)]
+    pub checkin_retention: Option<Duration>,
+
+    /// Message ids (and derived keys) are remembered at least this long, at
+    /// most twice as long: a redelivery within it is never stored twice
+    /// (1h to 30d).
+    #[arg(long, env = "WFM_DEDUP_WINDOW", default_value = "24h", value_parser = dedup_window)]
+    pub dedup_window: Duration,
+}
+
+fn retention(text: &str) -> Result<Duration, String> {
+    let retention = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if retention < Duration::from_secs(86_400) {
+        return Err("at least a day (1d)".to_owned());
+    }
+    Ok(retention)
+}
+
+fn dedup_window(text: &str) -> Result<Duration, String> {
+    let window = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if !(Duration::from_secs(3600)..=Duration::from_secs(30 * 86_400)).contains(&window) {
+        return Err("between 1h and 30d".to_owned());
+    }
+    Ok(window)
+}
+
+impl HistoryArgs {
+    pub fn settings(&self) -> HistorySettings {
+        HistorySettings {
+            period: self.checkin_partition,
+            retention: self.checkin_retention,
+            dedup_window: self.dedup_window,
+        }
+    }
+}
+
 /// The flags and variables of `wfm-worker run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -204,6 +250,8 @@ pub struct RunArgs {
     pub broker: BrokerArgs,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub history: HistoryArgs,
     /// Attempts to reconnect (broker) or to reach the database at start-up
     /// before giving up; 0 retries for as long as the worker runs.
     #[arg(long, env = "WFM_RECONNECT_MAX", default_value_t = 0)]
@@ -218,6 +266,7 @@ impl RunArgs {
             database: self.database.validate()?,
             broker: self.broker.validate()?,
             pipeline: self.pipeline.validate()?,
+            history: self.history.settings(),
             shutdown_timeout: Duration::from_secs(self.pipeline.shutdown_timeout_secs),
             http_addr: Some(self.http.http_addr),
             reconnect_max: self.reconnect_max,

@@ -10,7 +10,9 @@ mod args;
 mod database_url;
 mod redact;
 
-pub use args::{BrokerArgs, DatabaseArgs, HttpArgs, LimitsArgs, PipelineArgs, RunArgs};
+pub use args::{
+    BrokerArgs, DatabaseArgs, HistoryArgs, HttpArgs, LimitsArgs, PipelineArgs, RunArgs,
+};
 pub use redact::{describe_amqp, describe_postgres, redact_secrets};
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -84,12 +86,43 @@ impl SslMode {
     }
 }
 
+/// How long one partition of `clusters_checkins` covers (`WFM_CHECKIN_PARTITION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Period {
+    Day,
+    /// Monday to Monday.
+    Week,
+    Month,
+}
+
+/// How checkin history is kept (`WFM_CHECKIN_PARTITION`, `WFM_CHECKIN_RETENTION`,
+/// `WFM_DEDUP_WINDOW`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistorySettings {
+    pub period: Period,
+    /// Whole partitions older than this are dropped; `None`: kept for ever.
+    pub retention: Option<Duration>,
+    /// Keys are remembered at least this long (at most twice as long).
+    pub dedup_window: Duration,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings {
+            period: Period::Day,
+            retention: None,
+            dedup_window: Duration::from_secs(86_400),
+        }
+    }
+}
+
 /// Everything `run` needs, parsed and checked.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub database: DatabaseSettings,
     pub broker: BrokerSettings,
     pub pipeline: PipelineSettings,
+    pub history: HistorySettings,
     pub shutdown_timeout: Duration,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; `None`: nowhere.
     pub http_addr: Option<SocketAddr>,

@@ -39,6 +39,8 @@ pub struct BatchReport {
     pub redelivered: usize,
     /// Publisher timestamps replaced by the receipt time.
     pub corrected_times: usize,
+    /// New checkins older than the retention horizon (summarised, not kept).
+    pub beyond_retention: u64,
 }
 
 /// A batch whose every delivery has its verdict.
@@ -270,7 +272,7 @@ async fn write<T: Storable>(
 fn systemic_reason(error: &StoreError) -> String {
     match error {
         StoreError::Systemic { sqlstate, .. } => format!("every write fails (SQLSTATE {sqlstate})"),
-        StoreError::Pool(_) => "cannot connect to the database".to_owned(),
+        StoreError::Pool(_) | StoreError::Connect(_) => "cannot connect to the database".to_owned(),
         StoreError::Query(e) => format!(
             "every write fails (SQLSTATE {})",
             e.code().map_or("unknown", |c| c.code())
@@ -298,6 +300,7 @@ fn apply(
     report: &mut BatchReport,
 ) {
     report.stored = outcome.stored;
+    report.beyond_retention = outcome.beyond_retention;
     for (index, failure) in outcome.failed {
         verdicts[index] = match failure {
             RowFailure::Refused(rejection) => Verdict::DeadLetter(rejection),
@@ -310,7 +313,7 @@ fn apply(
         }
     }
     let written = verdicts.iter().filter(|v| **v == Verdict::Stored).count() as u64;
-    report.deduplicated = written.saturating_sub(outcome.stored);
+    report.deduplicated = written.saturating_sub(outcome.stored + outcome.beyond_retention);
 }
 
 fn retry_or_give_up(context: &QueueContext, delivery: &Delivery, error: String) -> Verdict {

@@ -20,6 +20,7 @@ pub struct QueueMetrics {
     released: Counter,
     redeliveries: Counter,
     corrected_times: Counter,
+    beyond_retention: Counter,
     acked: Counter,
     acks: Counter,
     dead_lettered: [Counter; 3],
@@ -44,6 +45,7 @@ impl QueueMetrics {
             released: counter!("wfm_messages_released_total", "queue" => q()),
             redeliveries: counter!("wfm_redeliveries_total", "queue" => q()),
             corrected_times: counter!("wfm_event_times_corrected_total", "queue" => q()),
+            beyond_retention: counter!("wfm_checkins_beyond_retention_total", "queue" => q()),
             acked: counter!("wfm_messages_acked_total", "queue" => q()),
             acks: counter!("wfm_acks_total", "queue" => q()),
             dead_lettered,
@@ -64,6 +66,7 @@ impl QueueMetrics {
         self.redeliveries.increment(report.redelivered as u64);
         self.corrected_times
             .increment(report.corrected_times as u64);
+        self.beyond_retention.increment(report.beyond_retention);
         self.batch_size.record(report.received as f64);
         self.write_duration.record(write.as_secs_f64());
     }

@@ -34,6 +34,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_lz4_documents"),
     migration!(4, "0004_version_publish_time"),
     migration!(5, "0005_versions_data_repair"),
+    migration!(6, "0006_checkin_history"),
 ];
 
 /// Arbitrary but fixed: every replica must take the same lock ("wfm" in ASCII).

@@ -8,38 +8,84 @@ use uuid::Uuid;
 
 use super::{
     PgConnection, StoreError,
-    write::{Rows, WriteOutcome, write_batch},
+    write::{Rows, Tally, WriteOutcome, write_batch},
 };
 use crate::message::{Checkin, Item};
 
-/// One statement per batch. `inserted` skips keys already stored (a
-/// redelivery or a publisher retry); only rows really inserted go on to
-/// `clusters`, newest first per cluster — PostgreSQL refuses an upsert that
-/// touches the same row twice in one statement (SQLSTATE 21000), hence
-/// `DISTINCT ON`. A cluster's document is replaced only by a checkin at least as
-/// new as the one it holds (event time, not arrival order). Rows go in sorted by
-/// key so that replicas writing overlapping batches lock in the same order and
-/// cannot deadlock.
+/// One statement per batch, the same for an ordinary and a partitioned
+/// `clusters_checkins`:
+/// - `fresh`: keys not seen before take their place in the current generation
+///   of `checkin_keys` (see `sql/0006`); a redelivery or a publisher retry finds
+///   its key in either generation and goes no further. Duplicates inside the
+///   batch are one key.
+/// - `kept`: fresh checkins not older than the retention horizon go to history;
+///   `ON CONFLICT DO NOTHING` also skips a key that history already holds from
+///   before the key table (an ordinary table's unique `message_id` index, or the
+///   legacy partition's).
+/// - `counted`: what is new — the rows kept, and fresh checkins too old to keep,
+///   which still count in their cluster's summary.
+/// - `clusters`: per cluster, the newest document by event time (a late, older
+///   checkin never replaces it), the first and newest checkin times and the count,
+///   in one upsert. PostgreSQL refuses an upsert that touches the same row twice in
+///   one statement (SQLSTATE 21000), hence one row per cluster. Rows go in sorted
+///   by key so that replicas writing overlapping batches lock in the same order.
 const INSERT_CHECKINS: &str = "
-WITH inserted AS (
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::timestamp[], $3::text[], $4::text[])
+        AS input(cluster_id, created_at, data, message_id)
+), generation AS (
+    SELECT current FROM checkin_key_generation
+), fresh AS (
+    INSERT INTO checkin_keys (generation, message_id)
+    SELECT g.current, i.message_id FROM input i CROSS JOIN generation g
+     WHERE NOT EXISTS (SELECT 1 FROM checkin_keys k
+                        WHERE k.generation <> g.current AND k.message_id = i.message_id)
+     ORDER BY i.message_id
+    ON CONFLICT DO NOTHING
+    RETURNING message_id
+), accepted AS (
+    SELECT DISTINCT ON (message_id) i.* FROM input i JOIN fresh USING (message_id)
+     ORDER BY message_id
+), horizon AS (
+    SELECT COALESCE(horizon, '-infinity') AS oldest FROM checkin_history
+), kept AS (
     INSERT INTO clusters_checkins (cluster_id, created_at, data, message_id)
-    SELECT cluster_id, created_at, data::json, message_id
-      FROM unnest($1::uuid[], $2::timestamp[], $3::text[], $4::text[])
-           AS input(cluster_id, created_at, data, message_id)
-    ON CONFLICT (message_id) DO NOTHING
+    SELECT a.cluster_id, a.created_at, a.data::json, a.message_id
+      FROM accepted a CROSS JOIN horizon h
+     WHERE a.created_at >= h.oldest
+    ON CONFLICT DO NOTHING
     RETURNING checkins_id, cluster_id, created_at, data
+), counted AS (
+    SELECT checkins_id, cluster_id, created_at, data FROM kept
+    UNION ALL
+    SELECT NULL, a.cluster_id, a.created_at, a.data::json
+      FROM accepted a CROSS JOIN horizon h
+     WHERE a.created_at < h.oldest
 ), newest AS (
     SELECT DISTINCT ON (cluster_id) cluster_id, created_at, data
-      FROM inserted
-     ORDER BY cluster_id, created_at DESC, checkins_id DESC
+      FROM counted
+     ORDER BY cluster_id, created_at DESC, checkins_id DESC NULLS LAST
+), tally AS (
+    SELECT cluster_id, min(created_at) AS first_at, count(*) AS checkins
+      FROM counted GROUP BY cluster_id
 ), upserted AS (
-    INSERT INTO clusters AS c (cluster_id, data, last_checkin_at)
-    SELECT cluster_id, data, created_at FROM newest ORDER BY cluster_id
+    INSERT INTO clusters AS c (cluster_id, data, last_checkin_at, first_checkin_at, checkin_count)
+    SELECT n.cluster_id, n.data, n.created_at, t.first_at, t.checkins
+      FROM newest n JOIN tally t USING (cluster_id)
+     ORDER BY n.cluster_id
     ON CONFLICT (cluster_id) DO UPDATE
-       SET data = EXCLUDED.data, last_checkin_at = EXCLUDED.last_checkin_at
-     WHERE c.last_checkin_at IS NULL OR c.last_checkin_at <= EXCLUDED.last_checkin_at
+       SET data = CASE WHEN c.last_checkin_at IS NULL OR c.last_checkin_at <= EXCLUDED.last_checkin_at
+                       THEN EXCLUDED.data ELSE c.data END,
+           last_checkin_at = GREATEST(c.last_checkin_at, EXCLUDED.last_checkin_at),
+           first_checkin_at = LEAST(c.first_checkin_at, EXCLUDED.first_checkin_at),
+           checkin_count = COALESCE(c.checkin_count, 0) + EXCLUDED.checkin_count
 )
-SELECT count(*) FROM inserted";
+SELECT (SELECT count(*) FROM kept), (SELECT count(*) FROM counted)";
+
+/// Writers hold this shared for their transaction; a rotation of the key
+/// generations takes it exclusively (see `history`).
+pub(crate) const KEYS_LOCK: i64 = 0x0077_666d_6b65; // "wfmke"
+const SHARE_KEYS: &str = "SELECT pg_advisory_xact_lock_shared($1)";
 
 /// Stores a batch of checkins in one transaction; failures name batch indices.
 pub async fn write_checkins(
@@ -65,11 +111,15 @@ impl Rows for CheckinRows<'_, '_> {
         self.order[at].index
     }
 
+    async fn begin(&self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+        tx.execute(SHARE_KEYS, &[&KEYS_LOCK]).await.map(drop)
+    }
+
     fn write<'a>(
         &'a self,
         tx: &'a Transaction<'_>,
         range: Range<usize>,
-    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
+    ) -> impl Future<Output = Result<Tally, tokio_postgres::Error>> + Send + 'a {
         let picked = self.order[range].iter().map(|item| {
             let c = &item.value;
             (
@@ -82,7 +132,7 @@ impl Rows for CheckinRows<'_, '_> {
         insert(tx, picked)
     }
 
-    async fn probe(&self, tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
+    async fn probe(&self, tx: &Transaction<'_>) -> Result<Tally, tokio_postgres::Error> {
         let cluster = Uuid::new_v4();
         let document = format!(r#"{{"id":"{cluster}","components":[]}}"#);
         let key = format!("wfm-probe-{cluster}");
@@ -99,7 +149,7 @@ impl Rows for CheckinRows<'_, '_> {
 async fn insert<'r>(
     tx: &Transaction<'_>,
     rows: impl ExactSizeIterator<Item = (Uuid, NaiveDateTime, &'r str, &'r str)>,
-) -> Result<u64, tokio_postgres::Error> {
+) -> Result<Tally, tokio_postgres::Error> {
     let mut ids = Vec::with_capacity(rows.len());
     let mut times = Vec::with_capacity(rows.len());
     let mut documents = Vec::with_capacity(rows.len());
@@ -121,5 +171,9 @@ async fn insert<'r>(
             ],
         )
         .await?;
-    Ok(row.get::<_, i64>(0) as u64)
+    let (kept, counted) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+    Ok(Tally {
+        stored: kept,
+        beyond_retention: counted - kept,
+    })
 }

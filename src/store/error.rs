@@ -19,6 +19,11 @@ pub enum StoreError {
     Pool(#[from] bb8::RunError<ConnectError>),
     #[error("database statement failed: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
+    #[error("cannot connect to the database: {}", match .0 {
+        ConnectError::Postgres(e) => describe(e),
+        e => e.to_string(),
+    })]
+    Connect(#[from] ConnectError),
     #[error("database batch took longer than {0:?}; its connection was dropped")]
     TimedOut(std::time::Duration),
     /// The batch failed, and so did a neutral row written the same way: the
@@ -82,11 +87,12 @@ impl StoreError {
         match self {
             // bb8 reports every failed connect as a time-out.
             Self::Pool(bb8::RunError::TimedOut) | Self::TimedOut(_) => ErrorClass::Transient,
-            Self::Pool(bb8::RunError::User(ConnectError::Postgres(e))) | Self::Query(e) => {
-                classify(e)
-            }
+            Self::Pool(bb8::RunError::User(ConnectError::Postgres(e)))
+            | Self::Connect(ConnectError::Postgres(e))
+            | Self::Query(e) => classify(e),
             // Minting a token needs credentials that may be refreshing.
-            Self::Pool(bb8::RunError::User(ConnectError::Token(_))) => ErrorClass::Transient,
+            Self::Pool(bb8::RunError::User(ConnectError::Token(_)))
+            | Self::Connect(ConnectError::Token(_)) => ErrorClass::Transient,
             Self::Systemic { sqlstate, .. } => classify_code(Some(sqlstate)),
         }
     }
@@ -95,7 +101,7 @@ impl StoreError {
     pub fn breaks_connection(&self) -> bool {
         match self {
             Self::Query(e) => breaks_connection(e.code().map(|c| c.code())),
-            Self::Pool(_) | Self::TimedOut(_) | Self::Systemic { .. } => false,
+            Self::Pool(_) | Self::Connect(_) | Self::TimedOut(_) | Self::Systemic { .. } => false,
         }
     }
 }

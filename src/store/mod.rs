@@ -8,6 +8,7 @@
 mod bootstrap;
 mod checkins;
 mod error;
+pub mod history;
 mod manager;
 mod pool;
 pub mod rds;

@@ -8,7 +8,7 @@ use tokio_postgres::{Transaction, types::Type};
 
 use super::{
     PgConnection, StoreError,
-    write::{Rows, WriteOutcome, write_batch},
+    write::{Rows, Tally, WriteOutcome, write_batch},
 };
 use crate::message::{Item, VersionEvent};
 
@@ -101,7 +101,7 @@ impl Rows for VersionRows<'_, '_> {
         &'a self,
         tx: &'a Transaction<'_>,
         range: Range<usize>,
-    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
+    ) -> impl Future<Output = Result<Tally, tokio_postgres::Error>> + Send + 'a {
         let picked = self.order[range].iter().map(|item| {
             let e = &item.value;
             let (component, train, version) = key(e);
@@ -117,7 +117,7 @@ impl Rows for VersionRows<'_, '_> {
         upsert(tx, picked)
     }
 
-    async fn probe(&self, tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
+    async fn probe(&self, tx: &Transaction<'_>) -> Result<Tally, tokio_postgres::Error> {
         let version = uuid::Uuid::new_v4().simple().to_string();
         let now = Utc::now().naive_utc();
         let row = Row {
@@ -144,7 +144,7 @@ struct Row<'r> {
 async fn upsert<'r>(
     tx: &Transaction<'_>,
     rows: impl ExactSizeIterator<Item = Row<'r>>,
-) -> Result<u64, tokio_postgres::Error> {
+) -> Result<Tally, tokio_postgres::Error> {
     let n = rows.len();
     let (mut components, mut trains, mut versions) = (
         Vec::with_capacity(n),
@@ -176,4 +176,8 @@ async fn upsert<'r>(
         ],
     )
     .await
+    .map(|stored| Tally {
+        stored,
+        beyond_retention: 0,
+    })
 }

@@ -29,6 +29,9 @@ use crate::message::Rejection;
 pub struct WriteOutcome {
     /// Rows newly stored (duplicates of earlier messages are not counted).
     pub stored: u64,
+    /// New checkins older than the retention horizon: counted in their
+    /// cluster's summary, not kept in history.
+    pub beyond_retention: u64,
     /// Messages that could not be written, by batch index.
     pub failed: Vec<(usize, RowFailure)>,
     /// (loser, winner) batch indices: events replaced inside the batch by a
@@ -45,9 +48,32 @@ pub enum RowFailure {
     Failed(String),
 }
 
+/// How many rows a write stored.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tally {
+    pub stored: u64,
+    pub beyond_retention: u64,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.stored += other.stored;
+        self.beyond_retention += other.beyond_retention;
+    }
+}
+
 /// A batch of rows that can be written in parts, in write order.
 pub(crate) trait Rows: Sync {
     fn len(&self) -> usize;
+
+    /// Runs once at the start of each transaction that writes rows (a lock
+    /// the writes need, say).
+    fn begin<'a>(
+        &'a self,
+        _tx: &'a Transaction<'_>,
+    ) -> impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a {
+        std::future::ready(Ok(()))
+    }
 
     /// Batch index of the row at write position `at`.
     fn index(&self, at: usize) -> usize;
@@ -58,13 +84,13 @@ pub(crate) trait Rows: Sync {
         &'a self,
         tx: &'a Transaction<'_>,
         range: Range<usize>,
-    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a;
+    ) -> impl Future<Output = Result<Tally, tokio_postgres::Error>> + Send + 'a;
 
     /// Writes one neutral row exactly as `write` would (rolled back afterwards).
     fn probe<'a>(
         &'a self,
         tx: &'a Transaction<'_>,
-    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a;
+    ) -> impl Future<Output = Result<Tally, tokio_postgres::Error>> + Send + 'a;
 }
 
 /// Writes `rows` on `conn`, isolating the ones that cannot be written.
@@ -116,11 +142,14 @@ async fn write_in_transactions(
     rows: &impl Rows,
 ) -> Result<WriteOutcome, StoreError> {
     let tx = conn.transaction().await?;
-    match rows.write(&tx, 0..rows.len()).await {
-        Ok(stored) => {
+    // Pipelined: the lock statement and the write go out together.
+    let written = tokio::try_join!(rows.begin(&tx), rows.write(&tx, 0..rows.len()));
+    match written {
+        Ok(((), tally)) => {
             tx.commit().await?;
             return Ok(WriteOutcome {
-                stored,
+                stored: tally.stored,
+                beyond_retention: tally.beyond_retention,
                 ..WriteOutcome::default()
             });
         }
@@ -132,6 +161,7 @@ async fn write_in_transactions(
     }
     probe(conn, rows).await?;
     let mut tx = conn.transaction().await?;
+    rows.begin(&tx).await?;
     let outcome = bisect(&mut tx, rows).await?;
     tx.commit().await?;
     Ok(outcome)
@@ -140,7 +170,11 @@ async fn write_in_transactions(
 /// Ok when a neutral row can be written: the batch, not the database, is at fault.
 async fn probe(conn: &mut PgConnection, rows: &impl Rows) -> Result<(), StoreError> {
     let tx = conn.transaction().await?;
-    let probed = rows.probe(&tx).await;
+    let probed = async {
+        rows.begin(&tx).await?;
+        rows.probe(&tx).await
+    }
+    .await;
     tx.rollback().await?;
     match probed {
         Ok(_) => Ok(()),
@@ -161,9 +195,10 @@ async fn bisect(tx: &mut Transaction<'_>, rows: &impl Rows) -> Result<WriteOutco
         let savepoint = tx.savepoint("wfm_isolate").await?;
         let result = rows.write(&savepoint, range.clone()).await;
         let error = match result {
-            Ok(stored) => {
+            Ok(tally) => {
                 savepoint.commit().await?;
-                outcome.stored += stored;
+                outcome.stored += tally.stored;
+                outcome.beyond_retention += tally.beyond_retention;
                 continue;
             }
             Err(error) => error,

@@ -10,6 +10,7 @@ mod checkins;
 mod dead_letter_routing;
 mod dead_letters;
 mod faults;
+mod history;
 mod hostile;
 mod memory;
 mod operations;

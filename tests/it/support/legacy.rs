@@ -150,3 +150,30 @@ pub async fn version_columns(client: &Client) -> Vec<String> {
         .map(|c| c.name().to_owned())
         .collect()
 }
+
+/// The reports answered from the summaries in `clusters` (README, "Reports at
+/// scale"): the same results as [`CLUSTERS_BY_AGE`], [`CLUSTER_CHECKINS`] and
+/// [`PERSISTENT_CLUSTERS`] over full history, without reading history.
+pub const SUMMARY_CLUSTERS_BY_AGE: &str = "SELECT clusters.* FROM clusters
+    WHERE first_checkin_at > $1 AND first_checkin_at < $2
+    AND first_checkin_at > $3 AND last_checkin_at < $4";
+
+pub const SUMMARY_CLUSTER_CHECKINS: &str = "SELECT cluster_id,
+    first_checkin_at AS first_seen,
+    last_checkin_at AS last_seen,
+    AGE(last_checkin_at, first_checkin_at) AS cluster_age,
+    AGE(last_checkin_at, NOW()) AS last_checkin,
+    checkin_count AS checkins
+    FROM clusters
+    WHERE first_checkin_at > $1 AND first_checkin_at < $2
+    ORDER BY first_seen DESC";
+
+pub const SUMMARY_PERSISTENT_CLUSTERS: &str = "SELECT cluster_id,
+    first_checkin_at AS first_seen,
+    last_checkin_at AS last_seen,
+    AGE(last_checkin_at, first_checkin_at) AS cluster_age,
+    checkin_count AS checkins
+    FROM clusters
+    WHERE first_checkin_at > $1 AND first_checkin_at < $2
+    AND checkin_count > 1 AND last_checkin_at > $3
+    ORDER BY first_seen ASC";

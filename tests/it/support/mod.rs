@@ -100,6 +100,7 @@ impl TestEnv {
             database: self.db.settings(),
             broker: self.broker.settings(),
             pipeline: PipelineSettings::default(),
+            history: Default::default(),
             shutdown_timeout: Duration::from_secs(30),
             http_addr: None,
             reconnect_max: 0,
