@@ -46,12 +46,12 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Maintain(args) => {
             let report =
                 app::maintain(&args.database.validate()?, &args.history.settings()).await?;
-            eprintln!("{report:?}");
+            println!("{report}");
         }
         Command::Migrate(MigrateCommand::PartitionCheckins(args)) => {
             let history = args.history.settings();
             let report = app::partition_checkins(&args.database.validate()?, &history).await?;
-            eprintln!("{report:?}");
+            println!("{report}");
         }
         Command::Publish(command) => publish(command).await?,
         Command::Dlq(command) => dead_letters(command).await?,

@@ -492,3 +492,27 @@ async fn summaries_answer_the_reports_as_full_history_does_on_random_data() {
         assert_eq!(history, summaries, "partitioned: {partitioned}");
     }
 }
+
+#[tokio::test]
+async fn migrate_and_maintain_run_from_the_command_line() {
+    let env = TestEnv::new().await;
+    let run = |args: &'static [&'static str]| {
+        let mut command = crate::support::process::worker_command(&env);
+        command.args(args).stderr(std::process::Stdio::piped());
+        async move {
+            let output = command.output().await.unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+    };
+    let said = run(&["migrate", "partition-checkins"]).await;
+    assert!(said.contains("clusters_checkins is partitioned"), "{said}");
+    let said = run(&["migrate", "partition-checkins"]).await;
+    assert!(said.contains("already partitioned"), "{said}");
+    let said = run(&["maintain"]).await;
+    assert!(said.contains("period(s) ahead"), "{said}");
+}

@@ -235,3 +235,24 @@ async fn documents_a_reader_could_not_decode_are_dead_lettered() {
     assert_eq!(env.db.count("SELECT count(*) FROM versions").await, 0);
     worker.stop().await.unwrap();
 }
+
+#[test]
+fn the_readme_documents_the_report_queries_the_tests_compare() {
+    let readme = include_str!("../../README.md");
+    let flat = |sql: &str| sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    let readme = flat(readme);
+    for query in [
+        legacy::CLUSTERS_BY_AGE,
+        legacy::CLUSTER_CHECKINS,
+        legacy::PERSISTENT_CLUSTERS,
+        legacy::SUMMARY_CLUSTERS_BY_AGE,
+        legacy::SUMMARY_CLUSTER_CHECKINS,
+        legacy::SUMMARY_PERSISTENT_CLUSTERS,
+    ] {
+        assert!(
+            readme.contains(&flat(query)),
+            "README lacks: {}",
+            flat(query)
+        );
+    }
+}

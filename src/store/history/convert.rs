@@ -53,6 +53,20 @@ pub struct ConversionReport {
     pub attempts: u32,
 }
 
+impl std::fmt::Display for ConversionReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.boundary {
+            None => write!(f, "clusters_checkins is already partitioned; nothing done"),
+            Some(boundary) => write!(
+                f,
+                "clusters_checkins is partitioned: existing rows below {boundary} are its first partition; the switch held writers {} ms (attempt {})",
+                self.switch.as_millis(),
+                self.attempts
+            ),
+        }
+    }
+}
+
 const IS_PARTITIONED: &str =
     "SELECT relkind = 'p' FROM pg_class WHERE oid = 'clusters_checkins'::regclass";
 const NULL_TIMES: &str = "SELECT count(*) FROM clusters_checkins WHERE created_at IS NULL";

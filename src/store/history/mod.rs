@@ -38,6 +38,37 @@ pub struct MaintenanceReport {
     pub oldest: Option<NaiveDateTime>,
 }
 
+impl std::fmt::Display for MaintenanceReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.skipped {
+            return write!(
+                f,
+                "another replica is maintaining checkin history; nothing done"
+            );
+        }
+        let rotated = if self.keys_rotated { "rotated" } else { "kept" };
+        if !self.partitioned {
+            return write!(
+                f,
+                "clusters_checkins is not partitioned; deduplication keys {rotated}"
+            );
+        }
+        let rows: u64 = self.dropped.iter().map(|(_, rows)| rows).sum();
+        write!(
+            f,
+            "created {} partition(s) {:?}; dropped {} (~{rows} rows) {:?}; {} period(s) ahead; deduplication keys {rotated}",
+            self.created.len(),
+            self.created,
+            self.dropped.len(),
+            self.dropped
+                .iter()
+                .map(|(name, _)| name)
+                .collect::<Vec<_>>(),
+            self.partitions_ahead,
+        )
+    }
+}
+
 const MAINTENANCE_LOCK: i64 = 0x0077_666d_6d61; // "wfmma"
 const TRY_LOCK: &str = "SELECT pg_try_advisory_xact_lock($1)";
 const NOW: &str = "SELECT (now() AT TIME ZONE 'UTC')::timestamp";
