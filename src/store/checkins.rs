@@ -29,7 +29,7 @@ use crate::message::{Checkin, Item};
 ///   in one upsert. PostgreSQL refuses an upsert that touches the same row twice in
 ///   one statement (SQLSTATE 21000), hence one row per cluster. Rows go in sorted
 ///   by key so that replicas writing overlapping batches lock in the same order.
-const INSERT_CHECKINS: &str = "
+pub const INSERT_CHECKINS: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::timestamp[], $3::text[], $4::text[])
         AS input(cluster_id, created_at, data, message_id)
@@ -84,8 +84,8 @@ SELECT (SELECT count(*) FROM kept), (SELECT count(*) FROM counted)";
 
 /// Writers hold this shared for their transaction; a rotation of the key
 /// generations takes it exclusively (see `history`).
-pub(crate) const KEYS_LOCK: i64 = 0x0077_666d_6b65; // "wfmke"
-const SHARE_KEYS: &str = "SELECT pg_advisory_xact_lock_shared($1)";
+pub const KEYS_LOCK: i64 = 0x0077_666d_6b65; // "wfmke"
+pub const SHARE_KEYS: &str = "SELECT pg_advisory_xact_lock_shared($1)";
 
 /// Stores a batch of checkins in one transaction; failures name batch indices.
 pub async fn write_checkins(

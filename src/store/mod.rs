@@ -17,7 +17,7 @@ mod versions;
 mod write;
 
 pub use bootstrap::{BootstrapError, MIGRATIONS, Migration, apply_migrations};
-pub use checkins::write_checkins;
+pub use checkins::{INSERT_CHECKINS, KEYS_LOCK, SHARE_KEYS, write_checkins};
 pub use error::{ErrorClass, StoreError, breaks_connection, classify, classify_code};
 pub use manager::{ConnectError, Manager, PgConnection};
 pub use pool::{Pool, SetupError, connect_pool, pool_with};

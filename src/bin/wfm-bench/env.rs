@@ -133,12 +133,17 @@ impl BenchEnv {
             Err(_) => return,
         };
         let t = &self.topology;
-        for queue in [&t.checkin_queue, &t.version_queue, &t.dead_letter_queue] {
+        for queue in [
+            &t.checkin_queue,
+            &t.version_queue,
+            &t.dead_letter_queue,
+            &t.unrouted_queue(),
+        ] {
             let _ = channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
-        for exchange in [&t.exchange, &t.dead_letter_exchange] {
+        for exchange in [&t.exchange, &t.dead_letter_exchange, &t.unrouted_exchange()] {
             let _ = channel
                 .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                 .await;

@@ -11,9 +11,11 @@
 //! 7. worker, versions backlog
 
 mod env;
+mod history;
 mod latency;
 mod payload;
 mod phases;
+mod reports;
 
 use std::path::PathBuf;
 
@@ -60,6 +62,23 @@ struct Args {
     /// The wfm-worker binary; by default the one beside this benchmark.
     #[arg(long)]
     worker: Option<PathBuf>,
+    /// Measure checkin history at scale instead (phases 8-12, one run).
+    #[arg(long)]
+    history: bool,
+    /// (10) rows of the legacy table converted while the worker ingests.
+    #[arg(long, default_value_t = 5_000_000)]
+    legacy_rows: i64,
+    /// (10) checkins published a second meanwhile.
+    #[arg(long, default_value_t = 3_300)]
+    ingest_rate: usize,
+    /// (9) rows of the day removed.
+    #[arg(long, default_value_t = 1_000_000)]
+    day_rows: i64,
+    /// (11) clusters, and history rows per cluster.
+    #[arg(long, default_value_t = 1_000_000)]
+    clusters: i64,
+    #[arg(long, default_value_t = 3)]
+    checkins_per_cluster: i64,
 }
 
 #[derive(Default)]
@@ -94,6 +113,9 @@ async fn main() -> anyhow::Result<()> {
         prefetch: args.prefetch,
         batch_size: args.batch_size,
     };
+    if args.history {
+        return history_report(&args, &limits, &exe).await;
+    }
     let mut runs = Vec::new();
     for n in 1..=args.runs {
         eprintln!("run {n} of {}", args.runs);
@@ -228,6 +250,91 @@ async fn print_report(args: &Args, runs: &[Run]) {
         verdict(backlog / serial >= 0.5)
     );
     println!("\nmachine: {}", machine_facts().await);
+}
+
+/// Phases 8-12 (see `history`), one run, printed as a table.
+async fn history_report(
+    args: &Args,
+    limits: &Limits<'_>,
+    exe: &std::path::Path,
+) -> anyhow::Result<()> {
+    let (ordinary, partitioned) = history::partitioned_drain(limits, exe, args.messages).await?;
+    let dropped = history::drop_by_retention(limits, args.day_rows).await?;
+    let dropped_small = history::drop_by_retention(limits, args.day_rows / 10).await?;
+    let deleted = history::drop_by_delete(limits, args.day_rows).await?;
+    eprintln!(
+        "  (9) drop {:.3} s, DELETE {:.1} s",
+        dropped.seconds, deleted.seconds
+    );
+    let conversion =
+        history::convert_while_ingesting(limits, exe, args.legacy_rows, args.ingest_rate).await?;
+    eprintln!(
+        "  (10) conversion {:.1} s, longest pause {:.0} ms",
+        conversion.seconds, conversion.longest_pause_ms
+    );
+    let reports = reports::reports(limits, args.clusters, args.checkins_per_cluster, 5).await?;
+    let (with, without) = reports::summary_cost(limits, args.messages).await?;
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let mib = |bytes: i64| bytes as f64 / (1 << 20) as f64;
+    println!("\nwfm-bench --history\n");
+    println!("| measurement | result | target |");
+    println!("|---|---:|---|");
+    println!(
+        "| (8) backlog of {} checkins: ordinary / partitioned (maintenance creating and dropping partitions) | {ordinary:.0} / {partitioned:.0} msgs/s = {:.2} | ≥ 0.95: {} |",
+        args.messages,
+        partitioned / ordinary,
+        verdict(partitioned / ordinary >= 0.95)
+    );
+    println!(
+        "| (9) one day of {} checkins dropped by retention | {:.3} s, {:.2} MiB WAL | < 1 s: {} |",
+        args.day_rows,
+        dropped.seconds,
+        mib(dropped.wal_bytes),
+        verdict(dropped.seconds < 1.0)
+    );
+    println!(
+        "| (9) one day of {} checkins dropped by retention | {:.3} s, {:.2} MiB WAL | flat with rows |",
+        args.day_rows / 10,
+        dropped_small.seconds,
+        mib(dropped_small.wal_bytes)
+    );
+    println!(
+        "| (9) the same {} checkins by DELETE | {:.2} s, {:.1} MiB WAL | |",
+        args.day_rows,
+        deleted.seconds,
+        mib(deleted.wal_bytes)
+    );
+    println!(
+        "| (10) conversion of {} legacy rows while ingesting {}/s | {:.1} s; longest pause {:.0} ms; rows {} → {} (+{} ingested) | pause ≤ 1 s: {} |",
+        conversion.rows_before,
+        args.ingest_rate,
+        conversion.seconds,
+        conversion.longest_pause_ms,
+        conversion.rows_before,
+        conversion.rows_after,
+        conversion.ingested,
+        verdict(conversion.longest_pause_ms <= 1000.0)
+    );
+    for report in &reports {
+        println!(
+            "| (11) {} at {} clusters (one-day window, {} rows): full history / summaries p99 | {:.0} / {:.1} ms, identical: {} | < 50 ms: {} |",
+            report.name,
+            args.clusters,
+            report.rows,
+            report.history_p99_ms,
+            report.summary_p99_ms,
+            report.identical,
+            verdict(report.summary_p99_ms < 50.0 && report.identical)
+        );
+    }
+    println!(
+        "| (12) batched write of {} checkins, with / without summaries | {with:.0} / {without:.0} msgs/s = {:.3} | ≥ 0.95: {} |",
+        args.messages,
+        with / without,
+        verdict(with / without >= 0.95)
+    );
+    println!("\nmachine: {}", machine_facts().await);
+    Ok(())
 }
 
 async fn machine_facts() -> String {
