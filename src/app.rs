@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     broker::{self, BrokerError, DeadLetters},
     config::{
-        DatabaseSettings, HistorySettings, Settings, Topology, describe_amqp, describe_postgres,
+        DatabaseSettings, HistorySettings, Settings, Topology, describe_nodes, describe_postgres,
     },
     http,
     pipeline::{PipelineError, QueueContext, QueueKind, QueueMetrics, run_queue},
@@ -140,7 +140,7 @@ async fn bootstrap_with(pool: &Pool, settings: &DatabaseSettings) -> Result<usiz
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
     tracing::info!(
         database = %describe_postgres(&settings.database.config),
-        broker = %describe_amqp(&settings.broker.uri),
+        broker = %describe_nodes(&settings.broker.nodes),
         "starting"
     );
     let readiness = Arc::new(Readiness::default());
@@ -322,7 +322,7 @@ impl Worker<'_> {
             stop.clone(),
         ));
         retry.reset();
-        tracing::info!(broker = %describe_amqp(&self.settings.broker.uri), "connected and consuming");
+        tracing::info!("connected and consuming");
         let setup = connection
             .create_channel()
             .await

@@ -10,20 +10,46 @@ use lapin::{
     options::{BasicConsumeOptions, BasicQosOptions},
     tcp::OwnedTLSConfig,
     types::FieldTable,
+    uri::AMQPUri,
 };
 
 use super::BrokerError;
 use crate::config::{BrokerSettings, describe_amqp};
 
-/// Longest a connection attempt may take (TCP, TLS, AMQP handshake): a node
-/// that does not answer is given up quickly.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a connection attempt to one node may take (TCP, TLS, AMQP
+/// handshake): a node that does not answer is skipped quickly.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens a connection named `name` (visible in `rabbitmqctl list_connections`
-/// and the management UI). `amqps://` URLs use rustls, trusting the CAs of
-/// `ca_file` (WFM_AMQP_CA_FILE) besides the system's.
+/// and the management UI) to one of the broker's nodes, trying them in a
+/// shuffled order: replicas spread over a cluster's nodes, and a dead node
+/// costs at most [`CONNECT_TIMEOUT`]. `amqps://` URLs use rustls, trusting the
+/// CAs of `ca_file` (WFM_AMQP_CA_FILE) besides the system's.
 pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, BrokerError> {
-    let uri = &settings.uri;
+    let mut nodes: Vec<&AMQPUri> = settings.nodes.iter().collect();
+    fastrand::shuffle(&mut nodes);
+    let mut failures = nodes.len();
+    for uri in nodes {
+        match connect_to(uri, settings, name).await {
+            Ok(connection) => {
+                tracing::info!(node = %describe_amqp(uri), connection = name, "connected to the broker");
+                return Ok(connection);
+            }
+            Err(error) if failures > 1 => {
+                tracing::warn!(node = %describe_amqp(uri), error = %error, "broker node unreachable; trying the next");
+                failures -= 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    unreachable!("settings always name a node")
+}
+
+async fn connect_to(
+    uri: &AMQPUri,
+    settings: &BrokerSettings,
+    name: &str,
+) -> Result<Connection, BrokerError> {
     let fail = |source| BrokerError::Connect {
         target: describe_amqp(uri),
         source,

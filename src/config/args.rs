@@ -64,7 +64,9 @@ pub struct DatabaseArgs {
 /// Broker connection and topology names (`run`, `publish`, `dlq`).
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    /// AMQP 0-9-1 URL of the RabbitMQ broker (vhost `/` is `%2f`).
+    /// AMQP 0-9-1 URL of the RabbitMQ broker (vhost `/` is `%2f`); for a
+    /// cluster, the URLs of its nodes, comma-separated (tried in a shuffled
+    /// order at every connection).
     #[arg(
         long,
         env = "WFM_AMQP_URL",
@@ -308,8 +310,21 @@ impl DatabaseArgs {
 
 impl BrokerArgs {
     pub fn validate(&self) -> Result<BrokerSettings, ConfigError> {
-        let uri = AMQPUri::from_str(&self.amqp_url)
-            .map_err(|e| ConfigError::AmqpUrl(redact_secrets(&e, &self.amqp_url)))?;
+        let nodes = self
+            .amqp_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(|url| {
+                AMQPUri::from_str(url).map_err(|e| ConfigError::AmqpUrl(redact_secrets(&e, url)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(ConfigError::Invalid {
+                variable: "WFM_AMQP_URL",
+                problem: "empty",
+            });
+        }
         let names = [
             ("WFM_EXCHANGE", &self.exchange),
             ("WFM_CHECKIN_QUEUE", &self.checkin_queue),
@@ -321,7 +336,7 @@ impl BrokerArgs {
             non_zero(variable, name.len())?;
         }
         Ok(BrokerSettings {
-            uri,
+            nodes,
             ca_file: self.amqp_ca_file.clone(),
             connection_name: self.connection_name.clone(),
             topology: Topology {

@@ -13,7 +13,7 @@ mod redact;
 pub use args::{
     BrokerArgs, DatabaseArgs, HistoryArgs, HttpArgs, LimitsArgs, PipelineArgs, RunArgs,
 };
-pub use redact::{describe_amqp, describe_postgres, redact_secrets};
+pub use redact::{describe_amqp, describe_nodes, describe_postgres, redact_secrets};
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -162,7 +162,9 @@ impl DatabaseSettings {
 
 #[derive(Clone)]
 pub struct BrokerSettings {
-    pub uri: AMQPUri,
+    /// The nodes of the broker (a cluster's, or one), tried in a shuffled order
+    /// at every connection. Never empty.
+    pub nodes: Vec<AMQPUri>,
     pub ca_file: Option<PathBuf>,
     pub connection_name: String,
     pub topology: Topology,

@@ -22,6 +22,15 @@ pub fn describe_amqp(uri: &AMQPUri) -> String {
     )
 }
 
+/// Every node, described as [`describe_amqp`] does, comma-separated.
+pub fn describe_nodes(nodes: &[AMQPUri]) -> String {
+    nodes
+        .iter()
+        .map(describe_amqp)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `user@host:port/dbname`: the PostgreSQL target without its password.
 pub fn describe_postgres(config: &tokio_postgres::Config) -> String {
     let host = match config.get_hosts().first() {
@@ -77,7 +86,7 @@ pub fn redact_secrets(message: &str, raw: &str) -> String {
 impl std::fmt::Debug for BrokerSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerSettings")
-            .field("uri", &describe_amqp(&self.uri))
+            .field("nodes", &describe_nodes(&self.nodes))
             .field("connection_name", &self.connection_name)
             .field("topology", &self.topology)
             .finish()

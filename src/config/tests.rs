@@ -136,3 +136,24 @@ fn postgres_description_has_no_password() {
     let config: tokio_postgres::Config = "postgres://u:pw@db:6543/wfm".parse().unwrap();
     assert_eq!(describe_postgres(&config), "u@db:6543/wfm");
 }
+
+#[test]
+fn a_cluster_is_a_comma_separated_list_of_node_urls() {
+    let settings = run(&[
+        "--amqp-url",
+        "amqp://u:p@a:5672/%2f, amqp://u:p@b:5673/%2f,amqps://u:p@c/%2f",
+    ])
+    .unwrap();
+    let hosts: Vec<&str> = settings
+        .broker
+        .nodes
+        .iter()
+        .map(|n| n.authority.host.as_str())
+        .collect();
+    assert_eq!(hosts, ["a", "b", "c"]);
+    let shown = refusal(&["--amqp-url", "amqp://u:s3cret@a/%2f,amqp:u:s3cret@b"]);
+    assert!(
+        shown.starts_with("WFM_AMQP_URL") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+}

@@ -38,7 +38,7 @@ async fn a_message_failing_alone_is_handed_back_with_reject_which_every_broker_c
         .await;
     let tap = AmqpTap::start("127.0.0.1:5672".parse().unwrap()).await;
     let mut settings = env.settings();
-    settings.broker.uri = tap.url().parse().unwrap();
+    settings.broker.nodes = vec![tap.url().parse().unwrap()];
     settings.pipeline.max_deliveries = 3;
     env.broker.publish_checkins(&checkins(20, Some(7))).await;
     let worker = RunningWorker::start(settings);
@@ -66,7 +66,7 @@ async fn shutdown_during_a_database_outage_releases_the_batch_with_nack_and_stop
     let tap = AmqpTap::start("127.0.0.1:5672".parse().unwrap()).await;
     let database = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let mut settings = env.settings();
-    settings.broker.uri = tap.url().parse().unwrap();
+    settings.broker.nodes = vec![tap.url().parse().unwrap()];
     settings.database.config = env.db.url_via(database.addr).parse().unwrap();
     let worker = RunningWorker::start(settings);
     env.broker.wait_for_consumers().await;

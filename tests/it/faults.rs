@@ -45,9 +45,11 @@ async fn broker_connection_cut_by_the_network_is_survived() {
     let (env, scenario) = with_backlog().await;
     let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let mut settings = env.settings();
-    settings.broker.uri = format!("amqp://guest:guest@{}/%2f", proxy.addr)
-        .parse()
-        .unwrap();
+    settings.broker.nodes = vec![
+        format!("amqp://guest:guest@{}/%2f", proxy.addr)
+            .parse()
+            .unwrap(),
+    ];
     let worker = RunningWorker::start(settings);
     env.wait_for_progress(STRIKE_AT).await;
     proxy.cut();
@@ -201,7 +203,7 @@ async fn an_exhausted_reconnect_budget_ends_the_worker_with_an_error() {
     let mut settings = env.settings();
     // Nothing listens there: every connection attempt is refused.
     let closed = crate::support::process::free_port();
-    settings.broker.uri = format!("amqp://guest:guest@{closed}/%2f").parse().unwrap();
+    settings.broker.nodes = vec![format!("amqp://guest:guest@{closed}/%2f").parse().unwrap()];
     settings.reconnect_max = 2;
     let error = RunningWorker::start(settings).wait().await.unwrap_err();
     assert!(
@@ -268,5 +270,21 @@ async fn a_connection_left_on_a_read_only_node_is_replaced_and_the_batch_retried
         env.broker.ready(&env.broker.topology.checkin_queue).await,
         0
     );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_node_in_the_broker_list_is_skipped() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    // Nothing listens on the first: wherever the shuffle puts it, the worker
+    // ends on the live node within a connect time-out.
+    let dead = crate::support::process::free_port();
+    settings.broker.nodes = vec![
+        format!("amqp://guest:guest@{dead}/%2f").parse().unwrap(),
+        settings.broker.nodes[0].clone(),
+    ];
+    let worker = RunningWorker::start(settings);
+    env.assert_still_working().await;
     worker.stop().await.unwrap();
 }

@@ -7,6 +7,7 @@ mod binary;
 mod bootstrap;
 mod broker_conditions;
 mod checkins;
+mod cluster;
 mod dead_letter_routing;
 mod dead_letters;
 mod faults;

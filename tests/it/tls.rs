@@ -232,9 +232,11 @@ async fn the_worker_consumes_over_amqps_trusting_the_configured_ca_only() {
     let pki = TestPki::new("wfm broker CA");
     let proxy = tls_proxy::start(&pki, "127.0.0.1:5672".parse().unwrap()).await;
     let mut settings = env.settings();
-    settings.broker.uri = format!("amqps://guest:guest@localhost:{}/%2f", proxy.port())
-        .parse()
-        .unwrap();
+    settings.broker.nodes = vec![
+        format!("amqps://guest:guest@localhost:{}/%2f", proxy.port())
+            .parse()
+            .unwrap(),
+    ];
     settings.broker.ca_file = Some(pki.ca_file());
     let worker = RunningWorker::start(settings.clone());
     env.broker

@@ -143,9 +143,22 @@ impl TestBroker {
         }
     }
 
+    /// Moves this handle to another node of the broker (its node was stopped).
+    pub async fn reconnect(&mut self, url: &str) {
+        self.connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .expect("connect to a live node");
+        self.channel = self.connection.create_channel().await.unwrap();
+        self.channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        self.url = url.to_owned();
+    }
+
     pub fn settings(&self) -> BrokerSettings {
         BrokerSettings {
-            uri: self.url.parse::<AMQPUri>().unwrap(),
+            nodes: vec![self.url.parse::<AMQPUri>().unwrap()],
             ca_file: None,
             connection_name: format!("{}-worker", self.topology.exchange),
             topology: self.topology.clone(),

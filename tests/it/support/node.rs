@@ -87,6 +87,29 @@ impl PrivateBroker {
     }
 }
 
+impl PrivateBroker {
+    /// Stops node `i` (0-based), keeping its data.
+    pub async fn stop_node(&self, i: usize) {
+        self.script(&["stop-node", &(i + 1).to_string()]).await;
+    }
+
+    /// Starts node `i` again and waits until it runs.
+    pub async fn start_node(&self, i: usize) {
+        self.script(&["start-node", &(i + 1).to_string()]).await;
+    }
+
+    async fn script(&self, args: &[&str]) {
+        let status = tokio::process::Command::new(SCRIPT)
+            .arg(args[0])
+            .arg(&self.dir)
+            .args(&args[1..])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "rabbitmq-cluster.sh {args:?}");
+    }
+}
+
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         stop(&self.dir);
