@@ -18,10 +18,7 @@ use serde_json::json;
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener};
 use tokio_util::sync::CancellationToken;
 
-use crate::readiness::{DatabaseState, QueueState, Readiness};
-
-/// Queues a ready worker consumes.
-const QUEUES: usize = 2;
+use crate::readiness::{DatabaseState, QUEUES, QueueState, Readiness};
 
 #[derive(Clone)]
 struct AppState {
@@ -111,20 +108,13 @@ async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// database or broker round trip, a body of fixed fields, no server text.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let r = state.readiness.snapshot();
-    let consuming = r
-        .queues
-        .values()
-        .filter(|q| **q == QueueState::Consuming)
-        .count();
+    let consuming = r.consuming();
     let database = match r.database {
         DatabaseState::Ok => "ok".to_owned(),
         DatabaseState::Unreachable(problem) => format!("unreachable: {}", problem.as_str()),
         DatabaseState::Unknown => "unknown: not heard from recently".to_owned(),
     };
-    let ready = r.bootstrapped
-        && r.broker_connected
-        && consuming == QUEUES
-        && r.database == DatabaseState::Ok;
+    let ready = r.ready();
     let queues: serde_json::Map<String, serde_json::Value> = r
         .queues
         .iter()

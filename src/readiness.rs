@@ -89,6 +89,27 @@ pub struct Snapshot {
     pub queues: BTreeMap<String, QueueState>,
 }
 
+/// Queues a ready worker consumes.
+pub const QUEUES: usize = 2;
+
+impl Snapshot {
+    /// Queues consuming (not paused).
+    pub fn consuming(&self) -> usize {
+        self.queues
+            .values()
+            .filter(|q| **q == QueueState::Consuming)
+            .count()
+    }
+
+    /// Ready: bootstrapped, connected, every queue consuming, the database well.
+    pub fn ready(&self) -> bool {
+        self.bootstrapped
+            && self.broker_connected
+            && self.consuming() == QUEUES
+            && self.database == DatabaseState::Ok
+    }
+}
+
 impl Readiness {
     pub fn set_bootstrapped(&self) {
         self.bootstrapped.store(true, Ordering::Relaxed);

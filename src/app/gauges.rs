@@ -19,6 +19,7 @@ pub(super) fn register(topology: &Topology) {
         metrics::counter!("wfm_reconnects_total", "step" => step).increment(0);
     }
     metrics::gauge!("wfm_broker_blocked").set(0.0);
+    metrics::gauge!("wfm_ready").set(0.0);
     for state in ["idle", "in_use"] {
         metrics::gauge!("wfm_pool_connections", "state" => state).set(0.0);
     }

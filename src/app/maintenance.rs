@@ -20,6 +20,7 @@ const INTERVAL: Duration = Duration::from_secs(600);
 
 /// Registers the maintenance series at zero.
 pub(super) fn register_metrics() {
+    metrics::gauge!("wfm_checkin_partitioned").set(0.0);
     metrics::gauge!("wfm_checkin_partitions_ahead").set(0.0);
     metrics::gauge!("wfm_checkin_oldest_partition_age_seconds").set(0.0);
     metrics::counter!("wfm_checkin_partitions_dropped_total").increment(0);
@@ -62,7 +63,11 @@ fn record(report: &MaintenanceReport) {
     if report.keys_rotated {
         metrics::counter!("wfm_checkin_key_rotations_total").increment(1);
     }
-    if report.skipped || !report.partitioned {
+    if report.skipped {
+        return;
+    }
+    metrics::gauge!("wfm_checkin_partitioned").set(if report.partitioned { 1.0 } else { 0.0 });
+    if !report.partitioned {
         return;
     }
     metrics::gauge!("wfm_checkin_partitions_ahead").set(f64::from(report.partitions_ahead));

@@ -1,6 +1,7 @@
 //! The database as readiness sees it when nothing is being written: a check on
 //! a connection of its own (never one of the writers' pooled connections),
 //! with a budget of its own, every few seconds that no write has succeeded.
+//! The same loop publishes readiness as the `wfm_ready` gauge, for alerts.
 
 use std::{sync::Arc, time::Duration};
 
@@ -19,6 +20,7 @@ const BUDGET: Duration = Duration::from_secs(2);
 /// Runs until `stop` is cancelled.
 pub(super) async fn watch_database(pool: Pool, readiness: Arc<Readiness>, stop: CancellationToken) {
     let mut connection: Option<PgConnection> = None;
+    let ready = metrics::gauge!("wfm_ready");
     loop {
         if !readiness.database_ok_within(INTERVAL) {
             match tokio::time::timeout(BUDGET, check(&pool, &mut connection)).await {
@@ -34,8 +36,12 @@ pub(super) async fn watch_database(pool: Pool, readiness: Arc<Readiness>, stop: 
                 }
             }
         }
+        ready.set(if readiness.snapshot().ready() { 1.0 } else { 0.0 });
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => {
+                ready.set(0.0);
+                return;
+            }
             () = tokio::time::sleep(INTERVAL) => {}
         }
     }
