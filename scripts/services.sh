@@ -70,3 +70,21 @@ ensure_services() {
   ensure_postgres
   ensure_rabbitmq
 }
+
+# The manifest validators, pinned, outside the clone: kubernetes-validate
+# (PyPI; core kinds, strict) and kubernetes-models (npm; core kinds and the
+# KEDA and prometheus-operator CRDs), installed from scripts/manifests' lockfile.
+KUBERNETES_VALIDATE_VERSION=1.31.0
+ensure_manifest_validators() {
+  local venv="$HOME/.cache/wfm-kvenv" node="$HOME/.cache/wfm-node"
+  if ! "$venv/bin/pip" show kubernetes-validate 2>/dev/null | grep -q "^Version: $KUBERNETES_VALIDATE_VERSION\$"; then
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv python3-pip; python3 -m venv "$venv"; }
+    "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  fi
+  command -v npm >/dev/null || apt_install nodejs npm
+  mkdir -p "$node"
+  if ! cmp -s scripts/manifests/package-lock.json "$node/package-lock.json" || [ ! -d "$node/node_modules" ]; then
+    cp scripts/manifests/package.json scripts/manifests/package-lock.json "$node/"
+    (cd "$node" && npm ci --silent --no-audit --no-fund)
+  fi
+}

@@ -13,6 +13,7 @@ mod dead_letters;
 mod faults;
 mod history;
 mod hostile;
+mod kubernetes;
 mod memory;
 mod operations;
 mod publisher;
