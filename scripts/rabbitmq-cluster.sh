@@ -6,6 +6,7 @@
 #   scripts/rabbitmq-cluster.sh start DIR COUNT BASE_PORT [ADVANCED_CONFIG]
 #   scripts/rabbitmq-cluster.sh stop DIR
 #   scripts/rabbitmq-cluster.sh stop-node DIR I     # 1-based; data kept
+#   scripts/rabbitmq-cluster.sh kill-node DIR I     # SIGKILL: a crash; data kept
 #   scripts/rabbitmq-cluster.sh start-node DIR I
 #
 # Node I is `<name>-I@localhost` (name from DIR), AMQP on 127.0.0.1:BASE_PORT+I-1,
@@ -37,6 +38,15 @@ await_node() { # name
   done
   echo "rabbitmq-cluster.sh: node $1 did not start" >&2
   return 1
+}
+
+kill_pid_file() { # file
+  local pid
+  pid=$(cat "$1" 2>/dev/null) || return 0
+  # Only the Erlang VM the file names (pids are reused).
+  if [ -n "$pid" ] && grep -q beam "/proc/$pid/cmdline" 2>/dev/null; then
+    as_root kill -KILL "$pid" 2>/dev/null || true
+  fi
 }
 
 start_node() { # dir index
@@ -74,11 +84,12 @@ start() {
 stop() {
   local dir=$1
   [ -f "$dir/nodes" ] || return 0
+  # rabbitmqctl reads stdin: without </dev/null it would swallow the list.
   while read -r node _; do
-    ctl "$node" stop >/dev/null 2>&1 || true
+    ctl "$node" stop </dev/null >/dev/null 2>&1 || true
   done <"$dir/nodes"
-  # A node that did not answer: its beam process names its own data directory.
-  as_root pkill -KILL -f -- "$dir/n" 2>/dev/null || true
+  # A node that did not answer: its VM's pid is in its pid file.
+  for pid_file in "$dir"/n*/pid; do kill_pid_file "$pid_file"; done
   as_root rm -rf "$dir"
 }
 
@@ -86,6 +97,12 @@ case "${1:-}" in
   start) start "$2" "$3" "$4" "${5:-}" ;;
   stop) stop "$2" ;;
   stop-node) ctl "$(sed -n "${3}p" "$2/nodes" | cut -d' ' -f1)" stop ;;
+  kill-node)
+    kill_pid_file "$2/n$3/pid"
+    node=$(sed -n "${3}p" "$2/nodes" | cut -d' ' -f1)
+    for _ in $(seq 100); do ctl "$node" ping >/dev/null 2>&1 || exit 0; sleep 0.1; done
+    echo "rabbitmq-cluster.sh: $node survived SIGKILL" >&2; exit 1
+    ;;
   start-node)
     start_node "$2" "$3"
     await_node "$(sed -n "${3}p" "$2/nodes" | cut -d' ' -f1)"

@@ -9,10 +9,15 @@
 //! 5. publish→commit latency at a steady offered load
 //! 6. the worker's peak RSS during (3)
 //! 7. worker, versions backlog
+//!
+//! `--history` measures checkin history at scale (8-12), `--cluster` the
+//! worker on private RabbitMQ clusters (13-14).
 
+mod cluster;
 mod env;
 mod history;
 mod latency;
+mod nodes;
 mod payload;
 mod phases;
 mod reports;
@@ -79,6 +84,15 @@ struct Args {
     clusters: i64,
     #[arg(long, default_value_t = 3)]
     checkins_per_cluster: i64,
+    /// Measure on private RabbitMQ clusters instead (phases 13-14, one run; root).
+    #[arg(long)]
+    cluster: bool,
+    /// (14) checkins published a second while nodes stop.
+    #[arg(long, default_value_t = 1_000)]
+    recovery_rate: usize,
+    /// The script that runs private RabbitMQ nodes.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster.sh"))]
+    cluster_script: PathBuf,
 }
 
 #[derive(Default)]
@@ -115,6 +129,12 @@ async fn main() -> anyhow::Result<()> {
     };
     if args.history {
         return history_report(&args, &limits, &exe).await;
+    }
+    if args.cluster {
+        let (script, count) = (&args.cluster_script, args.messages);
+        cluster::report(&limits, &exe, script, count, args.recovery_rate).await?;
+        println!("\nmachine: {}", machine_facts().await);
+        return Ok(());
     }
     let mut runs = Vec::new();
     for n in 1..=args.runs {

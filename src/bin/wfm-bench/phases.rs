@@ -225,11 +225,31 @@ pub fn spawn_worker(
     exe: &Path,
     batch_size: usize,
 ) -> anyhow::Result<tokio::process::Child> {
+    spawn_worker_at(env, exe, batch_size, &env.amqp_url, None, "wfm-worker")
+}
+
+/// The worker on the brokers `amqp_urls` (WFM_AMQP_URL), serving HTTP on
+/// `http` when given, its connection named `name`.
+pub fn spawn_worker_at(
+    env: &BenchEnv,
+    exe: &Path,
+    batch_size: usize,
+    amqp_urls: &str,
+    http: Option<std::net::SocketAddr>,
+    name: &str,
+) -> anyhow::Result<tokio::process::Child> {
     let t = &env.topology;
+    // Several workers at once each need a port of their own.
+    let http = match http {
+        Some(addr) => addr,
+        None => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?,
+    };
     Ok(Command::new(exe)
         .arg("run")
+        .env("WFM_HTTP_ADDR", http.to_string())
         .env("WFM_DATABASE_URL", env.db_url())
-        .env("WFM_AMQP_URL", &env.amqp_url)
+        .env("WFM_AMQP_URL", amqp_urls)
+        .env("WFM_CONNECTION_NAME", name)
         .env("WFM_EXCHANGE", &t.exchange)
         .env("WFM_CHECKIN_QUEUE", &t.checkin_queue)
         .env("WFM_VERSION_QUEUE", &t.version_queue)
