@@ -33,6 +33,15 @@ fn main() -> ExitCode {
 }
 
 async fn execute(command: Command) -> anyhow::Result<()> {
+    let traces = telemetry::traces::init()?;
+    let result = run_command(command).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    result
+}
+
+async fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => {
             let settings = args.validate()?;

@@ -18,6 +18,7 @@ use crate::{
     broker::{self, BrokerError, CHECKIN_ROUTING_KEY, VERSION_ROUTING_KEY},
     config::BrokerSettings,
     message::{Checkin, Envelope, Limits, Rejection, VersionEvent},
+    telemetry::traces,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +167,9 @@ async fn send(
         "timestamp_in_ms".into(),
         AMQPValue::LongLongInt(now.timestamp_millis()),
     );
+    let exchange = settings.topology.exchange.as_str();
+    // Ends once the message is handed to the broker (the confirm is awaited later).
+    let _span = traces::publish_span(exchange, kind.routing_key(), &mut headers);
     let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
@@ -180,7 +184,7 @@ async fn send(
     };
     channel
         .basic_publish(
-            settings.topology.exchange.as_str().into(),
+            exchange.into(),
             kind.routing_key().into(),
             options,
             document.as_bytes(),

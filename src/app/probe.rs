@@ -36,7 +36,11 @@ pub(super) async fn watch_database(pool: Pool, readiness: Arc<Readiness>, stop: 
                 }
             }
         }
-        ready.set(if readiness.snapshot().ready() { 1.0 } else { 0.0 });
+        ready.set(if readiness.snapshot().ready() {
+            1.0
+        } else {
+            0.0
+        });
         tokio::select! {
             () = stop.cancelled() => {
                 ready.set(0.0);

@@ -11,6 +11,7 @@ use crate::{
     message::{Checkin, Envelope, Item, Rejection, TimeCorrection, VersionEvent},
     readiness::DatabaseProblem,
     store::{self, ErrorClass, PgConnection, RowFailure, StoreError, WriteOutcome},
+    telemetry::traces,
 };
 
 /// The final decision for one delivery.
@@ -95,6 +96,8 @@ pub async fn decide(
     context: &QueueContext,
     deliveries: Vec<Delivery>,
 ) -> Result<Decided, PipelineError> {
+    let headers = deliveries.iter().map(|d| d.properties.headers().as_ref());
+    let mut span = traces::batch_span(&context.queue, deliveries.len(), headers);
     let received_at = Utc::now();
     let limits = &context.settings.limits;
     let mut verdicts = vec![Verdict::Stored; deliveries.len()];
@@ -142,6 +145,13 @@ pub async fn decide(
     };
     tally(&verdicts, &mut report);
     context.metrics.batch_decided(&report, write_time);
+    if let Some(span) = span.as_mut() {
+        let handed_back = report.retried + report.released;
+        span.outcome(report.stored, report.dead_lettered, handed_back);
+        if let Some(reason) = &systemic {
+            span.failed(reason);
+        }
+    }
     Ok(Decided {
         deliveries,
         verdicts,

@@ -25,4 +25,5 @@ mod support;
 mod systemic;
 mod tls;
 mod topology;
+mod traces;
 mod versions;

@@ -11,7 +11,8 @@
 //! 7. worker, versions backlog
 //!
 //! `--history` measures checkin history at scale (8-12), `--cluster` the
-//! worker on private RabbitMQ clusters (13-14).
+//! worker on private RabbitMQ clusters (13-14), `--tracing` the cost of
+//! OpenTelemetry (15).
 
 mod cluster;
 mod env;
@@ -21,6 +22,7 @@ mod nodes;
 mod payload;
 mod phases;
 mod reports;
+mod traces;
 
 use std::path::PathBuf;
 
@@ -90,6 +92,12 @@ struct Args {
     /// (14) checkins published a second while nodes stop.
     #[arg(long, default_value_t = 1_000)]
     recovery_rate: usize,
+    /// Measure the cost of OpenTelemetry tracing instead (phase 15).
+    #[arg(long)]
+    tracing: bool,
+    /// (15) off/on pairs of drains.
+    #[arg(long, default_value_t = 5)]
+    pairs: usize,
     /// The script that runs private RabbitMQ nodes.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster.sh"))]
     cluster_script: PathBuf,
@@ -129,6 +137,24 @@ async fn main() -> anyhow::Result<()> {
     };
     if args.history {
         return history_report(&args, &limits, &exe).await;
+    }
+    if args.tracing {
+        let o = traces::overhead(&limits, &exe, args.messages, args.pairs).await?;
+        let cost = 1.0 - o.on / o.off;
+        println!("\nwfm-bench --tracing (medians of {} pairs)\n", args.pairs);
+        println!("| measurement | result | target |\n|---|---:|---|");
+        println!(
+            "| (15) backlog of {} checkins, tracing off / on | {:.0} / {:.0} msgs/s: {:.1} % slower; {} exports, {:.1} MiB | ≤ 3 %: {} |",
+            args.messages,
+            o.off,
+            o.on,
+            cost * 100.0,
+            o.requests,
+            o.bytes as f64 / (1 << 20) as f64,
+            if cost <= 0.03 { "met" } else { "MISSED" }
+        );
+        println!("\nmachine: {}", machine_facts().await);
+        return Ok(());
     }
     if args.cluster {
         let (script, count) = (&args.cluster_script, args.messages);

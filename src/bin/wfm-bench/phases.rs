@@ -139,6 +139,18 @@ pub async fn worker_drain(
     count: usize,
     batch_size: usize,
 ) -> anyhow::Result<Drain> {
+    worker_drain_with(limits, exe, backlog, count, batch_size, &[]).await
+}
+
+/// [`worker_drain`], the worker given the extra environment `vars`.
+pub async fn worker_drain_with(
+    limits: &Limits<'_>,
+    exe: &Path,
+    backlog: Backlog,
+    count: usize,
+    batch_size: usize,
+    vars: &[(&str, &str)],
+) -> anyhow::Result<Drain> {
     let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
     let (key, body, queue): (_, fn(usize) -> String, _) = match backlog {
         Backlog::Checkins => (
@@ -155,7 +167,9 @@ pub async fn worker_drain(
     env.prefill(key, count, body).await?;
     let client = env.client().await?;
     let started = Instant::now();
-    let mut worker = spawn_worker(&env, exe, batch_size)?;
+    let mut worker = worker_command(&env, exe, batch_size, &env.amqp_url, None, "wfm-worker")?
+        .envs(vars.iter().copied())
+        .spawn()?;
     // The highest id is an index lookup; count(*) at 100 Hz would load the database.
     let newest = match backlog {
         Backlog::Checkins => "SELECT coalesce(max(checkins_id), 0) FROM clusters_checkins",
@@ -238,13 +252,26 @@ pub fn spawn_worker_at(
     http: Option<std::net::SocketAddr>,
     name: &str,
 ) -> anyhow::Result<tokio::process::Child> {
+    Ok(worker_command(env, exe, batch_size, amqp_urls, http, name)?.spawn()?)
+}
+
+/// The command [`spawn_worker_at`] runs.
+pub fn worker_command(
+    env: &BenchEnv,
+    exe: &Path,
+    batch_size: usize,
+    amqp_urls: &str,
+    http: Option<std::net::SocketAddr>,
+    name: &str,
+) -> anyhow::Result<Command> {
     let t = &env.topology;
     // Several workers at once each need a port of their own.
     let http = match http {
         Some(addr) => addr,
         None => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?,
     };
-    Ok(Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("run")
         .env("WFM_HTTP_ADDR", http.to_string())
         .env("WFM_DATABASE_URL", env.db_url())
@@ -259,8 +286,8 @@ pub fn spawn_worker_at(
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?)
+        .kill_on_drop(true);
+    Ok(command)
 }
 
 /// SIGTERM, then wait for the graceful exit.

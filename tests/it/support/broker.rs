@@ -244,6 +244,17 @@ impl TestBroker {
         queue.message_count()
     }
 
+    /// Takes one message from the checkin queue (acking it), if there is one.
+    pub async fn get_checkin(&self) -> Option<BasicGetMessage> {
+        self.channel
+            .basic_get(
+                self.topology.checkin_queue.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+    }
+
     /// Takes every message now in the dead-letter queue (acking them).
     pub async fn take_dead_letters(&self) -> Vec<BasicGetMessage> {
         let mut taken = Vec::new();

@@ -9,6 +9,7 @@ pub mod db;
 pub mod hostile;
 pub mod legacy;
 pub mod node;
+pub mod otlp;
 pub mod process;
 pub mod proxy;
 pub mod scenario;

@@ -38,3 +38,5 @@ pub fn init(format: LogFormat) {
             .try_init(),
     };
 }
+
+pub mod traces;
