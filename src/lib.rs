@@ -12,6 +12,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod dlq;
+pub mod entry;
 pub mod http;
 pub mod message;
 pub mod pipeline;

@@ -13,12 +13,14 @@ use std::sync::{
 };
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_rds::config::SharedHttpClient;
 use aws_sdk_rds::{
     auth_token::{AuthTokenGenerator, Config as TokenConfig},
     config::ProvideCredentials,
     error::DisplayErrorContext,
     operation::describe_db_instances::DescribeDBInstancesError,
 };
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RdsError {
@@ -106,11 +108,19 @@ pub struct Endpoint {
 /// The standard AWS configuration, with `region` (WFM_RDS_REGION) over the
 /// standard region settings when given.
 pub async fn sdk_config(region: Option<&str>) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https_client());
     if let Some(region) = region {
         loader = loader.region(Region::new(region.to_owned()));
     }
     loader.load().await
+}
+
+/// The SDK's HTTPS client: hyper 1 and rustls with the ring provider the rest
+/// of the worker uses (the SDK's default client would bring aws-lc as well).
+pub fn https_client() -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
 }
 
 /// Describes `instance_id` and checks it can be used.

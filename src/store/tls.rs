@@ -33,10 +33,10 @@ pub enum TlsConfigError {
     BadCa { path: String, reason: String },
 }
 
-/// Installs the process's rustls crypto provider (aws-lc-rs) once.
+/// Installs the process's rustls crypto provider (ring) once.
 pub fn install_crypto_provider() {
     // Err: already installed (by an earlier call, or an embedding program).
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The connector for `mode`, or `None` for `disable`.
@@ -64,7 +64,7 @@ pub fn connector(
     };
     let config = ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports the default protocol versions")
+        .expect("ring supports the default protocol versions")
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
@@ -72,7 +72,7 @@ pub fn connector(
 }
 
 fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::aws_lc_rs::default_provider()
+    rustls::crypto::ring::default_provider()
 }
 
 fn bad_ca(path: &Path, reason: String) -> TlsConfigError {

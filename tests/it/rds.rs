@@ -77,6 +77,7 @@ fn client(moto: &Moto) -> aws_sdk_rds::Client {
             "testing", "testing", None, None, "test",
         )))
         .behavior_version(BehaviorVersion::latest())
+        .http_client(wfm_worker::store::rds::https_client())
         .build();
     aws_sdk_rds::Client::new(&config)
 }
