@@ -17,7 +17,10 @@ use crate::message::{Checkin, Item};
 /// - `fresh`: keys not seen before take their place in the current generation
 ///   of `checkin_keys` (see `sql/0006`); a redelivery or a publisher retry finds
 ///   its key in either generation and goes no further. Duplicates inside the
-///   batch are one key.
+///   batch are one key. The older generation is named by equality (`1 -
+///   current`: generations are 0 and 1), as a parameter the planner prunes and
+///   looks up by index: `generation <> current` made it hash the whole key
+///   table for every batch.
 /// - `kept`: fresh checkins not older than the retention horizon go to history;
 ///   `ON CONFLICT DO NOTHING` also skips a key that history already holds from
 ///   before the key table (an ordinary table's unique `message_id` index, or the
@@ -33,13 +36,12 @@ pub const INSERT_CHECKINS: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::timestamp[], $3::text[], $4::text[])
         AS input(cluster_id, created_at, data, message_id)
-), generation AS (
-    SELECT current FROM checkin_key_generation
 ), fresh AS (
     INSERT INTO checkin_keys (generation, message_id)
-    SELECT g.current, i.message_id FROM input i CROSS JOIN generation g
+    SELECT (SELECT current FROM checkin_key_generation), i.message_id FROM input i
      WHERE NOT EXISTS (SELECT 1 FROM checkin_keys k
-                        WHERE k.generation <> g.current AND k.message_id = i.message_id)
+                        WHERE k.generation = 1 - (SELECT current FROM checkin_key_generation)
+                          AND k.message_id = i.message_id)
      ORDER BY i.message_id
     ON CONFLICT DO NOTHING
     RETURNING message_id

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use chrono::{NaiveDateTime, Utc};
+use chrono::NaiveDateTime;
 use wfm_worker::{
     app,
     config::{HistorySettings, Period},
@@ -12,27 +12,11 @@ use wfm_worker::{
 };
 
 use crate::support::{
-    Outgoing, RunningWorker, TestEnv, checkin_body, legacy,
+    Outgoing, RunningWorker, TestEnv, checkin_body,
+    history::{CHECKINS, at, convert, day, maintain, midnight},
     scenario::{Copies, scenario},
     wait_until,
 };
-
-const CHECKINS: &str = "SELECT count(*) FROM clusters_checkins";
-
-fn day() -> HistorySettings {
-    HistorySettings::default()
-}
-
-async fn convert(env: &TestEnv) {
-    let report = app::partition_checkins(&env.db.settings(), &day())
-        .await
-        .unwrap();
-    assert!(!report.already);
-}
-
-async fn maintain(env: &TestEnv, settings: &HistorySettings) -> MaintenanceReport {
-    app::maintain(&env.db.settings(), settings).await.unwrap()
-}
 
 async fn partition_names(env: &TestEnv) -> Vec<String> {
     let client = env.db.client().await;
@@ -42,11 +26,6 @@ async fn partition_names(env: &TestEnv) -> Vec<String> {
         .into_iter()
         .map(|p| p.name)
         .collect()
-}
-
-fn midnight(days_from_today: i64) -> NaiveDateTime {
-    let today = Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap();
-    today + chrono::Duration::days(days_from_today)
 }
 
 /// The partition that holds the checkin with this message id.
@@ -61,12 +40,6 @@ async fn partition_of(env: &TestEnv, message_id: &str) -> String {
         .await
         .unwrap()
         .get(0)
-}
-
-fn at(id: &str, cluster: &str, time: NaiveDateTime) -> Outgoing {
-    let mut message = Outgoing::new(checkin_body(cluster, id)).id(id);
-    message.timestamp_ms = Some(time.and_utc().timestamp_millis());
-    message
 }
 
 #[tokio::test]
@@ -345,152 +318,6 @@ async fn retention_drops_exactly_the_old_partitions_while_ingesting() {
         "summaries keep counting what retention dropped"
     );
     worker.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn a_redelivery_is_recognised_across_a_key_rotation() {
-    let env = TestEnv::new().await;
-    let worker = env.start();
-    let message = at("k-1", "00000000-0000-4000-8000-000000000001", midnight(0));
-    env.broker
-        .publish_checkins(std::slice::from_ref(&message))
-        .await;
-    env.wait_for_rows(CHECKINS, 1).await;
-    let rotate = || async {
-        env.db
-            .client()
-            .await
-            .batch_execute(
-                "UPDATE checkin_key_generation SET rotated_at = rotated_at - interval '2 days'",
-            )
-            .await
-            .unwrap();
-        assert!(maintain(&env, &day()).await.keys_rotated);
-    };
-    rotate().await;
-    env.broker
-        .publish_checkins(std::slice::from_ref(&message))
-        .await;
-    env.assert_still_working().await;
-    assert_eq!(
-        env.db.count(CHECKINS).await,
-        2,
-        "k-1 not stored again within the window"
-    );
-    rotate().await;
-    // Two windows on, the key is forgotten: an ordinary table still refuses the
-    // duplicate by its unique message_id index.
-    env.broker.publish_checkins(&[message]).await;
-    let queue = env.broker.topology.checkin_queue.clone();
-    wait_until(
-        "the republish to be consumed",
-        Duration::from_secs(10),
-        || async { env.broker.ready(&queue).await == 0 },
-    )
-    .await;
-    env.assert_still_working().await;
-    assert_eq!(
-        env.db
-            .count("SELECT count(*) FROM clusters_checkins WHERE message_id = 'k-1'")
-            .await,
-        1
-    );
-    worker.stop().await.unwrap();
-}
-
-/// The reports from full history and from the summaries, as comparable rows.
-async fn reports(env: &TestEnv, summary: bool) -> Vec<String> {
-    let client = env.db.client().await;
-    let (epoch, now) = (midnight(-3650), midnight(3650));
-    let since = midnight(-2);
-    let (by_age, checkins, persistent) = if summary {
-        (
-            legacy::SUMMARY_CLUSTERS_BY_AGE,
-            legacy::SUMMARY_CLUSTER_CHECKINS,
-            legacy::SUMMARY_PERSISTENT_CLUSTERS,
-        )
-    } else {
-        (
-            legacy::CLUSTERS_BY_AGE,
-            legacy::CLUSTER_CHECKINS,
-            legacy::PERSISTENT_CLUSTERS,
-        )
-    };
-    let mut rows = Vec::new();
-    for row in client
-        .query(by_age, &[&epoch, &now, &epoch, &now])
-        .await
-        .unwrap()
-    {
-        rows.push(format!("age {}", row.get::<_, uuid::Uuid>("cluster_id")));
-    }
-    for row in client.query(checkins, &[&epoch, &now]).await.unwrap() {
-        rows.push(format!(
-            "checkins {} {:?} {:?} {}",
-            row.get::<_, uuid::Uuid>("cluster_id"),
-            row.get::<_, NaiveDateTime>("first_seen"),
-            row.get::<_, NaiveDateTime>("last_seen"),
-            row.get::<_, i64>("checkins")
-        ));
-    }
-    for row in client
-        .query(persistent, &[&epoch, &now, &since])
-        .await
-        .unwrap()
-    {
-        rows.push(format!(
-            "persistent {} {}",
-            row.get::<_, uuid::Uuid>("cluster_id"),
-            row.get::<_, i64>("checkins")
-        ));
-    }
-    rows.sort();
-    rows
-}
-
-#[tokio::test]
-async fn summaries_answer_the_reports_as_full_history_does_on_random_data() {
-    for partitioned in [false, true] {
-        let env = TestEnv::new().await;
-        app::bootstrap(&env.db.settings()).await.unwrap();
-        if partitioned {
-            convert(&env).await;
-        }
-        // 40 clusters, 2 000 checkins at scrambled times over the last month,
-        // every tenth published twice (a redelivery).
-        let mut messages = Vec::new();
-        for i in 0..2_000u64 {
-            let cluster = format!("00000000-0000-4000-8000-{:012}", (i * 7) % 40);
-            let minutes = ((i * 7919) % 43_200) as i64;
-            let message = at(
-                &format!("r-{i}"),
-                &cluster,
-                midnight(-30) + chrono::Duration::minutes(minutes),
-            );
-            if i % 10 == 0 {
-                messages.push(message.clone());
-            }
-            messages.push(message);
-        }
-        env.broker.publish_checkins(&messages).await;
-        let worker = env.start();
-        env.wait_for_rows(CHECKINS, 2_000).await;
-        let queue = env.broker.topology.checkin_queue.clone();
-        wait_until("the queue to drain", Duration::from_secs(30), || async {
-            env.broker.ready(&queue).await == 0
-        })
-        .await;
-        env.assert_still_working().await;
-        worker.stop().await.unwrap();
-        assert_eq!(
-            env.db.count(CHECKINS).await,
-            2_001,
-            "redeliveries stored once"
-        );
-        let (history, summaries) = (reports(&env, false).await, reports(&env, true).await);
-        assert!(history.len() > 80, "{history:?}");
-        assert_eq!(history, summaries, "partitioned: {partitioned}");
-    }
 }
 
 #[tokio::test]

@@ -66,11 +66,10 @@ pub async fn latency(
     let per_tick = per_second / 100;
     let mut published = HashMap::with_capacity(total);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let bodies: Vec<String> = (0..total).map(payload::checkin).collect();
-    for (start, chunk) in (0..total).step_by(per_tick).zip(bodies.chunks(per_tick)) {
+    for start in (0..total).step_by(per_tick) {
         tick.tick().await;
-        for (i, body) in (start..).zip(chunk) {
-            let id = format!("lat-{i}");
+        for i in start..(start + per_tick).min(total) {
+            let (id, body) = (format!("lat-{i}"), payload::checkin(i));
             published.insert(id.clone(), Instant::now());
             env.publish(&channel, CHECKIN_ROUTING_KEY, &id, body.as_bytes())
                 .await?;

@@ -21,6 +21,7 @@ mod latency;
 mod nodes;
 mod payload;
 mod phases;
+mod procfs;
 mod reports;
 mod traces;
 
@@ -109,11 +110,19 @@ struct Run {
     database: f64,
     backlog: f64,
     single: f64,
-    p50: f64,
-    p99: f64,
-    max: f64,
+    /// Latency at the offered load, and at ten times it.
+    low: Option<latency::Latencies>,
+    high: Option<latency::Latencies>,
     rss_mib: f64,
+    cpu_us: f64,
+    resident: String,
     versions: f64,
+}
+
+impl Run {
+    fn serial(&self) -> f64 {
+        1.0 / (1.0 / self.broker + 1.0 / self.database)
+    }
 }
 
 #[tokio::main]
@@ -136,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
         batch_size: args.batch_size,
     };
     if args.history {
-        return history_report(&args, &limits, &exe).await;
+        return history::report(&args, &limits, &exe).await;
     }
     if args.tracing {
         let o = traces::overhead(&limits, &exe, args.messages, args.pairs).await?;
@@ -183,66 +192,67 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         eprintln!("  database limit    {:>9.0} msgs/s", run.database);
     }
     if on(3) {
-        let drain = phases::worker_drain(
-            limits,
-            exe,
-            Backlog::Checkins,
-            args.messages,
-            args.batch_size,
-        )
-        .await?;
+        let checkins = Backlog::Checkins;
+        let drain =
+            phases::worker_drain(limits, exe, checkins, args.messages, args.batch_size).await?;
         (run.backlog, run.rss_mib) = (drain.rate, drain.peak_rss_kib as f64 / 1024.0);
+        run.cpu_us = drain.cpu_us_per_msg;
+        run.resident = drain.resident.map(|r| r.to_string()).unwrap_or_default();
         eprintln!(
-            "  worker backlog    {:>9.0} msgs/s, peak RSS {:.1} MiB",
-            run.backlog, run.rss_mib
+            "  worker backlog    {:>9.0} msgs/s, {:.1} µs CPU/msg, peak RSS {:.1} MiB ({})",
+            run.backlog, run.cpu_us, run.rss_mib, run.resident
         );
     }
     if on(4) {
-        run.single = phases::worker_drain(limits, exe, Backlog::Checkins, args.single_messages, 1)
+        let checkins = Backlog::Checkins;
+        run.single = phases::worker_drain(limits, exe, checkins, args.single_messages, 1)
             .await?
             .rate;
         eprintln!("  worker batch=1    {:>9.0} msgs/s", run.single);
     }
     if on(7) {
-        run.versions = phases::worker_drain(
-            limits,
-            exe,
-            Backlog::Versions,
-            args.versions,
-            args.batch_size,
-        )
-        .await?
-        .rate;
+        let versions = Backlog::Versions;
+        let drain =
+            phases::worker_drain(limits, exe, versions, args.versions, args.batch_size).await?;
+        run.versions = drain.rate;
         eprintln!("  worker versions   {:>9.0} msgs/s", run.versions);
     }
     if on(5) {
-        let latency = latency::latency(limits, exe, args.latency_rate, args.latency_secs).await?;
-        (run.p50, run.p99, run.max) = (latency.p50_ms, latency.p99_ms, latency.max_ms);
-        eprintln!(
-            "  latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            run.p50, run.p99, run.max
-        );
+        for (rate, slot) in [
+            (args.latency_rate, &mut run.low),
+            (args.latency_rate * 10, &mut run.high),
+        ] {
+            let l = latency::latency(limits, exe, rate, args.latency_secs).await?;
+            eprintln!(
+                "  latency at {rate}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                l.p50_ms, l.p99_ms, l.max_ms
+            );
+            *slot = Some(l);
+        }
     }
     Ok(run)
 }
 
-fn median(runs: &[Run], field: fn(&Run) -> f64) -> f64 {
+fn median(runs: &[Run], field: impl Fn(&Run) -> f64) -> f64 {
     let mut values: Vec<f64> = runs.iter().map(field).collect();
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
 async fn print_report(args: &Args, runs: &[Run]) {
-    let m = |f: fn(&Run) -> f64| median(runs, f);
-    let (broker, database, backlog, single) = (
-        m(|r| r.broker),
-        m(|r| r.database),
-        m(|r| r.backlog),
-        m(|r| r.single),
-    );
-    let serial = 1.0 / (1.0 / broker + 1.0 / database);
+    let m = |f: &dyn Fn(&Run) -> f64| median(runs, f);
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    println!("\nwfm-bench: medians of {} run(s)\n", runs.len());
+    let (broker, database, backlog) = (m(&|r| r.broker), m(&|r| r.database), m(&|r| r.backlog));
+    let lat = |high: bool, f: fn(&latency::Latencies) -> f64| {
+        m(&|r| {
+            let l = if high { &r.high } else { &r.low };
+            l.as_ref().map_or(f64::NAN, f)
+        })
+    };
+    println!(
+        "\nwfm-bench: medians of {} run(s); ratios are taken within each run\n",
+        runs.len()
+    );
     println!("| measurement | result | target |");
     println!("|---|---:|---|");
     println!(
@@ -253,137 +263,80 @@ async fn print_report(args: &Args, runs: &[Run]) {
         "| (2) database limit, batched writes, {} msgs | {database:.0} msgs/s | |",
         args.messages
     );
-    println!("| L serial limit 1/(1/(1)+1/(2)) | {serial:.0} msgs/s | |");
     println!(
-        "| (3) worker, backlog of {} checkins | {backlog:.0} msgs/s | ≥ 10,000: {} |",
-        args.messages,
-        verdict(backlog >= 10_000.0)
+        "| L serial limit 1/(1/(1)+1/(2)) | {:.0} msgs/s | |",
+        m(&Run::serial)
     );
     println!(
-        "| (4) worker, batch size 1, {} checkins | {single:.0} msgs/s | |",
-        args.single_messages
+        "| (3) worker, backlog of {} checkins | {backlog:.0} msgs/s | |",
+        args.messages
+    );
+    let cpu = m(&|r| r.cpu_us);
+    println!(
+        "| (3) worker CPU (user + system, all threads) per stored checkin | {cpu:.1} µs | ≤ 13 µs: {} |",
+        verdict(cpu <= 13.0)
     );
     println!(
-        "| (5) latency p50 / p99 / max at {}/s for {} s | {:.1} / {:.1} / {:.1} ms | p99 ≤ 25 ms: {} |",
-        args.latency_rate,
-        args.latency_secs,
-        m(|r| r.p50),
-        m(|r| r.p99),
-        m(|r| r.max),
-        verdict(m(|r| r.p99) <= 25.0)
+        "| (4) worker, batch size 1, {} checkins | {:.0} msgs/s | |",
+        args.single_messages,
+        m(&|r| r.single)
     );
-    println!(
-        "| (6) worker peak RSS during (3) | {:.1} MiB | ≤ 64 MiB: {} |",
-        m(|r| r.rss_mib),
-        verdict(m(|r| r.rss_mib) <= 64.0)
-    );
-    println!(
-        "| (7) worker, backlog of {} versions | {:.0} msgs/s | ≥ 5,000: {} |",
-        args.versions,
-        m(|r| r.versions),
-        verdict(m(|r| r.versions) >= 5000.0)
-    );
-    println!("| 3/1 | {:.2} | |", backlog / broker);
-    println!("| 3/2 | {:.2} | |", backlog / database);
-    println!(
-        "| 3/4 | {:.1} | ≥ 10: {} |",
-        backlog / single,
-        verdict(backlog / single >= 10.0)
-    );
-    println!(
-        "| 3/L | {:.2} | ≥ 0.5: {} |",
-        backlog / serial,
-        verdict(backlog / serial >= 0.5)
-    );
-    println!("\nmachine: {}", machine_facts().await);
-}
-
-/// Phases 8-12 (see `history`), one run, printed as a table.
-async fn history_report(
-    args: &Args,
-    limits: &Limits<'_>,
-    exe: &std::path::Path,
-) -> anyhow::Result<()> {
-    let (ordinary, partitioned) = history::partitioned_drain(limits, exe, args.messages).await?;
-    let dropped = history::drop_by_retention(limits, args.day_rows).await?;
-    let dropped_small = history::drop_by_retention(limits, args.day_rows / 10).await?;
-    let deleted = history::drop_by_delete(limits, args.day_rows).await?;
-    eprintln!(
-        "  (9) drop {:.3} s, DELETE {:.1} s",
-        dropped.seconds, deleted.seconds
-    );
-    let conversion =
-        history::convert_while_ingesting(limits, exe, args.legacy_rows, args.ingest_rate).await?;
-    eprintln!(
-        "  (10) conversion {:.1} s, longest pause {:.0} ms",
-        conversion.seconds, conversion.longest_pause_ms
-    );
-    let reports = reports::reports(limits, args.clusters, args.checkins_per_cluster, 5).await?;
-    let (with, without) = reports::summary_cost(limits, args.messages).await?;
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    let mib = |bytes: i64| bytes as f64 / (1 << 20) as f64;
-    println!("\nwfm-bench --history\n");
-    println!("| measurement | result | target |");
-    println!("|---|---:|---|");
-    println!(
-        "| (8) backlog of {} checkins: ordinary / partitioned (maintenance creating and dropping partitions) | {ordinary:.0} / {partitioned:.0} msgs/s = {:.2} | ≥ 0.95: {} |",
-        args.messages,
-        partitioned / ordinary,
-        verdict(partitioned / ordinary >= 0.95)
-    );
-    println!(
-        "| (9) one day of {} checkins dropped by retention | {:.3} s, {:.2} MiB WAL | < 1 s: {} |",
-        args.day_rows,
-        dropped.seconds,
-        mib(dropped.wal_bytes),
-        verdict(dropped.seconds < 1.0)
-    );
-    println!(
-        "| (9) one day of {} checkins dropped by retention | {:.3} s, {:.2} MiB WAL | flat with rows |",
-        args.day_rows / 10,
-        dropped_small.seconds,
-        mib(dropped_small.wal_bytes)
-    );
-    println!(
-        "| (9) the same {} checkins by DELETE | {:.2} s, {:.1} MiB WAL | |",
-        args.day_rows,
-        deleted.seconds,
-        mib(deleted.wal_bytes)
-    );
-    println!(
-        "| (10) conversion of {} legacy rows while ingesting {}/s | {:.1} s; longest pause {:.0} ms; rows {} → {} (+{} ingested) | pause ≤ 1 s: {} |",
-        conversion.rows_before,
-        args.ingest_rate,
-        conversion.seconds,
-        conversion.longest_pause_ms,
-        conversion.rows_before,
-        conversion.rows_after,
-        conversion.ingested,
-        verdict(conversion.longest_pause_ms <= 1000.0)
-    );
-    for report in &reports {
+    for (high, rate) in [(false, args.latency_rate), (true, args.latency_rate * 10)] {
+        let (p50, p99, max) = (
+            lat(high, |l| l.p50_ms),
+            lat(high, |l| l.p99_ms),
+            lat(high, |l| l.max_ms),
+        );
+        let target = if high {
+            String::new()
+        } else {
+            format!(
+                "p99 ≤ 5 ms, p50 ≤ 3 ms: {}",
+                verdict(p99 <= 5.0 && p50 <= 3.0)
+            )
+        };
         println!(
-            "| (11) {} at {} clusters (one-day window, {} rows): full history / summaries p99 | {:.0} / {:.1} ms, identical: {} | < 50 ms: {} |",
-            report.name,
-            args.clusters,
-            report.rows,
-            report.history_p99_ms,
-            report.summary_p99_ms,
-            report.identical,
-            verdict(report.summary_p99_ms < 50.0 && report.identical)
+            "| (5) publish→commit p50 / p99 / max at {rate}/s for {} s | {p50:.1} / {p99:.1} / {max:.1} ms | {target} |",
+            args.latency_secs
         );
     }
+    let rss = m(&|r| r.rss_mib);
     println!(
-        "| (12) batched write of {} checkins, with / without summaries | {with:.0} / {without:.0} msgs/s = {:.3} | ≥ 0.95: {} |",
-        args.messages,
-        with / without,
-        verdict(with / without >= 0.95)
+        "| (6) worker peak RSS during (3) | {rss:.1} MiB | ≤ 28 MiB: {} |",
+        verdict(rss <= 28.0)
+    );
+    if let Some(last) = runs.last() {
+        println!(
+            "| (6) resident at the end of (3), last run | {} | |",
+            last.resident
+        );
+    }
+    let versions = m(&|r| r.versions);
+    println!(
+        "| (7) worker, backlog of {} versions | {versions:.0} msgs/s | ≥ 40,000: {} |",
+        args.versions,
+        verdict(versions >= 40_000.0)
+    );
+    let over_serial = m(&|r| r.backlog / r.serial());
+    let over_database = m(&|r| r.backlog / r.database);
+    println!("| 3/1 | {:.2} | |", m(&|r| r.backlog / r.broker));
+    println!(
+        "| 3/2 | {over_database:.2} | ≥ 1.0: {} |",
+        verdict(over_database >= 1.0)
+    );
+    println!(
+        "| 3/4 | {:.1} | ≥ 10: {} |",
+        m(&|r| r.backlog / r.single),
+        verdict(m(&|r| r.backlog / r.single) >= 10.0)
+    );
+    println!(
+        "| 3/L | {over_serial:.2} | ≥ 1.3: {} |",
+        verdict(over_serial >= 1.3)
     );
     println!("\nmachine: {}", machine_facts().await);
-    Ok(())
 }
 
-async fn machine_facts() -> String {
+pub(crate) async fn machine_facts() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

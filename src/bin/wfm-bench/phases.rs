@@ -19,7 +19,7 @@ use wfm_worker::{
 
 use crate::{
     env::{BenchEnv, poll_until},
-    payload,
+    payload, procfs,
 };
 
 pub struct Limits<'a> {
@@ -121,6 +121,11 @@ pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result
 pub struct Drain {
     pub rate: f64,
     pub peak_rss_kib: u64,
+    /// The worker's CPU time (all threads, user + system) per stored message,
+    /// from spawn to the last row committed.
+    pub cpu_us_per_msg: f64,
+    /// The resident set at the end of the drain, by kind.
+    pub resident: Option<procfs::Resident>,
 }
 
 /// Which queue a worker drain fills.
@@ -186,7 +191,10 @@ pub async fn worker_drain_with(
     )
     .await?;
     let rate = count as f64 / started.elapsed().as_secs_f64();
-    let peak_rss_kib = peak_rss_kib(worker.id().unwrap_or_default()).unwrap_or_default();
+    let pid = worker.id().unwrap_or_default();
+    let cpu_us_per_msg = procfs::cpu_secs(pid).unwrap_or(0.0) * 1e6 / count as f64;
+    let peak_rss_kib = procfs::peak_rss_kib(pid).unwrap_or_default();
+    let resident = procfs::resident(pid, exe);
     poll_until(
         "the queue to be drained",
         Duration::from_millis(20),
@@ -197,7 +205,12 @@ pub async fn worker_drain_with(
     stop(&mut worker).await?;
     verify(&env, &client, backlog, count, &queue).await?;
     env.drop_all().await;
-    Ok(Drain { rate, peak_rss_kib })
+    Ok(Drain {
+        rate,
+        peak_rss_kib,
+        cpu_us_per_msg,
+        resident,
+    })
 }
 
 async fn verify(
@@ -297,11 +310,4 @@ pub async fn stop(worker: &mut tokio::process::Child) -> anyhow::Result<()> {
     let status = tokio::time::timeout(Duration::from_secs(40), worker.wait()).await??;
     anyhow::ensure!(status.success(), "worker exited with {status}");
     Ok(())
-}
-
-/// VmHWM: the process's peak resident set, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -28,6 +28,10 @@ use wfm_worker::{
     config::{HistorySettings, Period},
 };
 
+mod report;
+
+pub use report::report;
+
 use crate::{
     env::{BenchEnv, poll_until},
     payload,

@@ -1,0 +1,107 @@
+//! Exact deduplication of checkins: keys in two rotating generations, looked
+//! up by index however many there are.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_postgres::types::Type;
+use wfm_worker::store::INSERT_CHECKINS;
+
+use crate::support::{
+    TestEnv,
+    history::{CHECKINS, at, day, maintain, midnight},
+    wait_until,
+};
+
+#[tokio::test]
+async fn a_redelivery_is_recognised_across_a_key_rotation() {
+    let env = TestEnv::new().await;
+    let worker = env.start();
+    let message = at("k-1", "00000000-0000-4000-8000-000000000001", midnight(0));
+    env.broker
+        .publish_checkins(std::slice::from_ref(&message))
+        .await;
+    env.wait_for_rows(CHECKINS, 1).await;
+    let rotate = || async {
+        env.db
+            .client()
+            .await
+            .batch_execute(
+                "UPDATE checkin_key_generation SET rotated_at = rotated_at - interval '2 days'",
+            )
+            .await
+            .unwrap();
+        assert!(maintain(&env, &day()).await.keys_rotated);
+    };
+    rotate().await;
+    env.broker
+        .publish_checkins(std::slice::from_ref(&message))
+        .await;
+    env.assert_still_working().await;
+    assert_eq!(
+        env.db.count(CHECKINS).await,
+        2,
+        "k-1 not stored again within the window"
+    );
+    rotate().await;
+    // Two windows on, the key is forgotten: an ordinary table still refuses the
+    // duplicate by its unique message_id index.
+    env.broker.publish_checkins(&[message]).await;
+    let queue = env.broker.topology.checkin_queue.clone();
+    wait_until(
+        "the republish to be consumed",
+        Duration::from_secs(10),
+        || async { env.broker.ready(&queue).await == 0 },
+    )
+    .await;
+    env.assert_still_working().await;
+    assert_eq!(
+        env.db
+            .count("SELECT count(*) FROM clusters_checkins WHERE message_id = 'k-1'")
+            .await,
+        1
+    );
+    worker.stop().await.unwrap();
+}
+
+/// Deduplication looks each key up in both generations by index, however many
+/// keys there are: a batch must not cost more as the key table grows.
+#[tokio::test]
+async fn key_lookups_stay_index_lookups_as_the_key_table_grows() {
+    let env = TestEnv::new().await;
+    env.db
+        .bootstrap_then(
+            "INSERT INTO checkin_keys SELECT g % 2, 'old-' || g FROM generate_series(1, 200000) g;
+             ANALYZE checkin_keys; ANALYZE checkin_key_generation;",
+        )
+        .await;
+    let mut client = env.db.client().await;
+    let tx = client.transaction().await.unwrap();
+    let ids: Vec<uuid::Uuid> = (0..500).map(|_| uuid::Uuid::new_v4()).collect();
+    let times = vec![Utc::now().naive_utc(); 500];
+    let documents = vec![r#"{"components":[]}"#; 500];
+    let keys: Vec<String> = (0..500).map(|i| format!("new-{i}")).collect();
+    let explain = format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {INSERT_CHECKINS}");
+    let plan: Vec<String> = tx
+        .query_typed(
+            &explain,
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&times, Type::TIMESTAMP_ARRAY),
+                (&documents, Type::TEXT_ARRAY),
+                (&keys, Type::TEXT_ARRAY),
+            ],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    tx.rollback().await.unwrap();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Seq Scan on checkin_keys"), "{plan}");
+    assert!(
+        plan.contains("Index Only Scan using checkin_keys_"),
+        "{plan}"
+    );
+}
