@@ -267,13 +267,14 @@ impl Worker<'_> {
         let broker = &self.settings.broker;
         let connection = broker::connect(broker, &broker.connection_name).await?;
         let dead_letter_name = format!("{} dead letters", broker.connection_name);
-        let dead_letter_connection = match broker::connect(broker, &dead_letter_name).await {
-            Ok(connection) => connection,
-            Err(error) => {
-                let _ = connection.close(200, "worker stopped".into()).await;
-                return Err(error.into());
-            }
-        };
+        let dead_letter_connection =
+            match broker::connect_for_copies(broker, &dead_letter_name).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    let _ = connection.close(200, "worker stopped".into()).await;
+                    return Err(error.into());
+                }
+            };
         self.readiness.set_broker_connected(true);
         let result = self
             .consume_on(pool, &connection, &dead_letter_connection, retry)

@@ -26,10 +26,41 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// costs at most [`CONNECT_TIMEOUT`]. `amqps://` URLs use rustls, trusting the
 /// CAs of `ca_file` (WFM_AMQP_CA_FILE) besides the system's.
 pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, BrokerError> {
-    let mut nodes: Vec<&AMQPUri> = settings.nodes.iter().collect();
+    connect_with_frame_max(settings, name, None).await
+}
+
+/// Frames of the dead-letter connection, at most. lapin keeps 32 frames of
+/// send and 32 of receive buffer per connection, all touched at start: 8 MiB
+/// at RabbitMQ's default `frame_max` (128 KiB), 2 MiB at this. That connection
+/// only publishes copies, whose headers [`super::DeadLetters`] fits to the
+/// frame size it negotiated (bodies span frames). The consuming connection
+/// keeps the broker's frame size: it must take any message a publisher could
+/// send, and a content header frame cannot be split.
+const COPIES_FRAME_MAX: u32 = 32 * 1024;
+
+/// [`connect`] for the dead-letter connection (see [`COPIES_FRAME_MAX`]).
+pub async fn connect_for_copies(
+    settings: &BrokerSettings,
+    name: &str,
+) -> Result<Connection, BrokerError> {
+    connect_with_frame_max(settings, name, Some(COPIES_FRAME_MAX)).await
+}
+
+async fn connect_with_frame_max(
+    settings: &BrokerSettings,
+    name: &str,
+    frame_max: Option<u32>,
+) -> Result<Connection, BrokerError> {
+    let mut nodes: Vec<AMQPUri> = settings.nodes.clone();
     fastrand::shuffle(&mut nodes);
     let mut failures = nodes.len();
-    for uri in nodes {
+    for mut uri in nodes {
+        if let Some(cap) = frame_max {
+            // 0 asks for no limit.
+            let asked = uri.query.frame_max.filter(|n| *n > 0).unwrap_or(cap);
+            uri.query.frame_max = Some(asked.min(cap));
+        }
+        let uri = &uri;
         match connect_to(uri, settings, name).await {
             Ok(connection) => {
                 tracing::info!(node = %describe_amqp(uri), connection = name, "connected to the broker");

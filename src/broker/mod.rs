@@ -8,7 +8,7 @@ mod connection;
 mod dead_letter;
 mod topology;
 
-pub use connection::{confirm_channel, connect, open_consumer, watch_blocking};
+pub use connection::{confirm_channel, connect, connect_for_copies, open_consumer, watch_blocking};
 pub use dead_letter::{
     CopyRefused, DeadLetter, DeadLetters, confirmed, encoded_len, headers as dead_letter_headers,
 };

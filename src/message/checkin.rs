@@ -116,7 +116,7 @@ impl<'a> Checkin<'a> {
             if let Some(version) = entry.and_then(|e| e.version.as_ref()) {
                 version
                     .0
-                    .check_data(&format!("components[{i}].version.data"))?;
+                    .check_data(|| format!("components[{i}].version.data"))?;
             }
         }
         Ok(Checkin {

@@ -39,15 +39,16 @@ pub fn guard(text: &str, max_depth: usize) -> Result<(), Rejection> {
 /// Index of the closing quote of the string starting at `i` (or the end of the
 /// input, for serde to report), checking each `\u` escape on the way.
 fn string_end(bytes: &[u8], mut i: usize) -> Result<usize, Rejection> {
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => return Ok(i),
-            b'\\' if bytes.get(i + 1) == Some(&b'u') => i = unicode_escape(bytes, i)?,
-            b'\\' => i += 2,
-            _ => i += 1,
+    // Strings are most of a document: jump to the next quote or backslash.
+    while let Some(found) = memchr::memchr2(b'"', b'\\', &bytes[i.min(bytes.len())..]) {
+        i += found;
+        match bytes.get(i + 1) {
+            _ if bytes[i] == b'"' => return Ok(i),
+            Some(b'u') => i = unicode_escape(bytes, i)?,
+            _ => i += 2,
         }
     }
-    Ok(i)
+    Ok(bytes.len())
 }
 
 /// Checks the `\uXXXX` escape at `i` (and the low half of a surrogate pair);
@@ -97,11 +98,26 @@ pub fn parse_object<'a, T: serde::Deserialize<'a>>(
         return Err(Rejection::invalid(format!("{what} must be a JSON object")));
     }
     guard(text, max_depth)?;
+    // The fast path knows no paths; only a document that fails is parsed again
+    // to name where (hostile input pays twice, valid input once).
     let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| rejection(e.inner(), &e.path().to_string()))?;
-    de.end().map_err(|e| rejection(&e, "."))?;
-    Ok(parsed)
+    match T::deserialize(&mut de).and_then(|parsed| de.end().map(|()| parsed)) {
+        Ok(parsed) => Ok(parsed),
+        Err(_) => Err(explain::<T>(text)),
+    }
+}
+
+/// Why `text` does not parse as `T`, with the offending path.
+fn explain<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Rejection {
+    let mut de = serde_json::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Err(e) => rejection(e.inner(), &e.path().to_string()),
+        Ok(_) => match de.end() {
+            Err(e) => rejection(&e, "."),
+            // Unreachable: the same input failed a moment ago.
+            Ok(()) => Rejection::invalid("body is not valid JSON"),
+        },
+    }
 }
 
 /// serde's message quotes the offending value whole; [`Rejection`] cuts it.

@@ -74,12 +74,13 @@ struct Data<'a> {
 
 impl Version<'_> {
     /// Checks `data` decodes as `models.Data` (an object of strings, or null);
-    /// `path` names it in the rejection.
-    pub fn check_data(&self, path: &str) -> Result<(), Rejection> {
+    /// `path` names it in the rejection (made only then: this runs for every
+    /// component of every checkin).
+    pub fn check_data(&self, path: impl FnOnce() -> String) -> Result<(), Rejection> {
         let Some(raw) = self.data else { return Ok(()) };
         serde_json::from_str::<Object<Data<'_>>>(raw.get())
             .map(drop)
-            .map_err(|e| Rejection::invalid(format!("`{path}`: {e}")))
+            .map_err(|e| Rejection::invalid(format!("`{}`: {e}", path())))
     }
 }
 
@@ -122,7 +123,7 @@ mod tests {
         let check = |data: &str| {
             let text = format!(r#"{{"train":"s","data":{data}}}"#);
             let version: Object<Version<'_>> = serde_json::from_str(&text).unwrap();
-            version.0.check_data("version.data")
+            version.0.check_data(|| "version.data".into())
         };
         assert!(check(r#"{"description":"d","fixes":"f","image":"i"}"#).is_ok());
         assert!(check("null").is_ok());

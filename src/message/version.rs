@@ -45,7 +45,7 @@ impl<'a> VersionEvent<'a> {
         let component =
             ComponentName::parse(wire.component.and_then(|c| c.0.name).map(Cow::into_owned))?;
         let version = wire.version.map(|v| v.0).unwrap_or_default();
-        version.check_data("version.data")?;
+        version.check_data(|| "version.data".into())?;
         let data = version.data.map_or("null", |raw| raw.get());
         let train = TrainName::parse(version.train.map(Cow::into_owned))?;
         let version_name = VersionName::parse(version.version.map(Cow::into_owned))?;
