@@ -47,7 +47,7 @@ pub enum ConfigError {
         problem: &'static str,
     },
     #[error(
-        "WFM_PREFETCH ({prefetch}) must be at least WFM_BATCH_SIZE ({batch_size}): a smaller prefetch stalls every batch until the linger runs out"
+        "WFM_PREFETCH ({prefetch}) must be at least WFM_BATCH_SIZE ({batch_size}): a smaller prefetch could never fill a batch"
     )]
     PrefetchBelowBatch { prefetch: u16, batch_size: usize },
     #[error(

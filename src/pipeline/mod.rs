@@ -1,9 +1,10 @@
 //! The pipeline: deliveries → batch → verdicts → acknowledgements.
 //!
 //! Per queue, on a channel of its own:
-//! - the reader ([`reader`]) collects up to `batch_size` deliveries (or what
-//!   arrived within `batch_linger` of the first) and starts deciding each batch
-//!   in a task of its own, up to `in_flight` at once;
+//! - the reader ([`reader`]) takes a write permit (`in_flight` of them), then
+//!   every delivery already there, up to `batch_size` (after a full batch, also
+//!   what arrives within `batch_linger`), and decides the batch in a task of
+//!   its own;
 //! - deciding ([`decide`]) parses every delivery, writes the valid ones in one
 //!   transaction, and gives each delivery its [`Verdict`];
 //! - the acker ([`acker`]) carries the verdicts out on the broker, batch by

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     Channel, Consumer,
     message::Delivery,
@@ -21,6 +21,13 @@ use super::{
 use crate::{broker::BrokerError, readiness::QueueState};
 
 /// Reads until shutdown (Ok) or until the channel fails (Err).
+///
+/// A batch takes a write permit before its first delivery: while every
+/// permit is writing, deliveries wait in the client, and the next batch takes
+/// all of them at once. A batch is written as soon as nothing more is ready
+/// ("flush on idle": one message at low load costs one transaction, not a
+/// linger); only after a full batch, a sign of a backlog, does the next wait
+/// up to `batch_linger` for more to arrive.
 pub(super) async fn read(
     context: &QueueContext,
     channel: &Channel,
@@ -28,20 +35,26 @@ pub(super) async fn read(
     breaker: &Breaker,
     to_acker: mpsc::Sender<Deciding>,
 ) -> Result<(), PipelineError> {
-    // Permits are taken in read order, before a batch's task starts: with one
-    // permit, a batch is written only after the previous one committed.
+    // With one permit, a batch is written only after the previous one committed.
     let writes = Arc::new(Semaphore::new(context.kind.in_flight()));
+    let mut backlog = false;
     context
         .readiness
         .set_queue(&context.queue, QueueState::Consuming);
     loop {
-        // Only the wait for a batch's first delivery is raced: a batch started
-        // is finished, so no delivery is ever dropped unhandled (a later
-        // `multiple` ack would ack it unseen).
+        // Only the waits before a batch's first delivery are raced: a batch
+        // started is finished, so no delivery is ever dropped unhandled (a
+        // later `multiple` ack would ack it unseen).
+        let permit = tokio::select! {
+            biased;
+            () = context.shutdown.cancelled() => break,
+            permit = writes.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
         let first = tokio::select! {
             biased;
             () = context.shutdown.cancelled() => break,
             () = breaker.tripped() => {
+                drop(permit);
                 consumer = pause(context, channel, consumer, breaker, &to_acker).await?;
                 continue;
             }
@@ -50,19 +63,13 @@ pub(super) async fn read(
         let Some(first) = first else {
             return Err(PipelineError::ConsumerCancelled(context.queue.clone()));
         };
-        let batch = fill_batch(
-            first.map_err(channel_failed("receiving deliveries"))?,
-            &mut consumer,
-            context,
-        )
-        .await?;
+        let first = first.map_err(channel_failed("receiving deliveries"))?;
+        let batch = fill_batch(first, &mut consumer, context, backlog).await?;
+        backlog = batch.len() == context.settings.batch_size;
         let task = if breaker.is_tripped() {
             // Read before the pause began: back it goes, untouched.
             tokio::spawn(async move { Ok(Decided::released(batch)) })
         } else {
-            let Ok(permit) = writes.clone().acquire_owned().await else {
-                unreachable!("the semaphore is never closed");
-            };
             let context = context.clone();
             tokio::spawn(async move {
                 let decided = decide(&context, batch).await;
@@ -134,18 +141,31 @@ fn channel_failed(doing: &'static str) -> impl Fn(lapin::Error) -> PipelineError
     move |source| PipelineError::Broker(BrokerError::Channel { doing, source })
 }
 
-/// Gathers deliveries after `first` until the batch is full or the linger has
-/// passed since the first.
+/// Gathers the deliveries after `first` that are already here, up to the
+/// batch size; after a full batch (`backlog`), also those arriving within
+/// `batch_linger` of the first.
 async fn fill_batch(
     first: Delivery,
     consumer: &mut Consumer,
     context: &QueueContext,
+    backlog: bool,
 ) -> Result<Vec<Delivery>, PipelineError> {
     let receiving = channel_failed("receiving deliveries");
-    let mut batch = Vec::with_capacity(context.settings.batch_size);
+    let size = context.settings.batch_size;
+    let mut batch = Vec::with_capacity(size);
     batch.push(first);
+    while batch.len() < size {
+        match consumer.next().now_or_never() {
+            Some(Some(delivery)) => batch.push(delivery.map_err(&receiving)?),
+            // Nothing more ready (or the consumer ended: the next read says so).
+            Some(None) | None => break,
+        }
+    }
+    if !backlog || batch.len() == size {
+        return Ok(batch);
+    }
     let deadline = Instant::now() + context.settings.batch_linger;
-    while batch.len() < context.settings.batch_size {
+    while batch.len() < size {
         match timeout_at(deadline, consumer.next()).await {
             Ok(Some(delivery)) => batch.push(delivery.map_err(&receiving)?),
             // Ended or lingered long enough: write what we have.

@@ -3,7 +3,7 @@
 use std::{future::Future, ops::Range};
 
 use chrono::{NaiveDateTime, Utc};
-use tokio_postgres::{Transaction, types::Type};
+use tokio_postgres::{Statement, Transaction, types::Type};
 use uuid::Uuid;
 
 use super::{
@@ -96,12 +96,22 @@ pub async fn write_checkins(
 ) -> Result<WriteOutcome, StoreError> {
     let mut order: Vec<&Item<Checkin<'_>>> = checkins.iter().collect();
     order.sort_unstable_by(|a, b| a.value.key.cmp(&b.value.key));
-    write_batch(conn, &CheckinRows { order }).await
+    let insert = conn.prepared(INSERT_CHECKINS, &PARAMETERS).await?;
+    write_batch(conn, &CheckinRows { order, insert }).await
 }
+
+/// The types of [`INSERT_CHECKINS`]' parameters.
+const PARAMETERS: [Type; 4] = [
+    Type::UUID_ARRAY,
+    Type::TIMESTAMP_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+];
 
 struct CheckinRows<'c, 'd> {
     /// The batch in write order.
     order: Vec<&'c Item<Checkin<'d>>>,
+    insert: Statement,
 }
 
 impl Rows for CheckinRows<'_, '_> {
@@ -131,7 +141,7 @@ impl Rows for CheckinRows<'_, '_> {
                 c.key.as_str(),
             )
         });
-        insert(tx, picked)
+        insert(tx, &self.insert, picked)
     }
 
     async fn probe(&self, tx: &Transaction<'_>) -> Result<Tally, tokio_postgres::Error> {
@@ -144,12 +154,13 @@ impl Rows for CheckinRows<'_, '_> {
             document.as_str(),
             key.as_str(),
         );
-        insert(tx, std::iter::once(row)).await
+        insert(tx, &self.insert, std::iter::once(row)).await
     }
 }
 
 async fn insert<'r>(
     tx: &Transaction<'_>,
+    statement: &Statement,
     rows: impl ExactSizeIterator<Item = (Uuid, NaiveDateTime, &'r str, &'r str)>,
 ) -> Result<Tally, tokio_postgres::Error> {
     let mut ids = Vec::with_capacity(rows.len());
@@ -163,15 +174,7 @@ async fn insert<'r>(
         keys.push(key);
     }
     let row = tx
-        .query_typed_one(
-            INSERT_CHECKINS,
-            &[
-                (&ids, Type::UUID_ARRAY),
-                (&times, Type::TIMESTAMP_ARRAY),
-                (&documents, Type::TEXT_ARRAY),
-                (&keys, Type::TEXT_ARRAY),
-            ],
-        )
+        .query_one(statement, &[&ids, &times, &documents, &keys])
         .await?;
     let (kept, counted) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
     Ok(Tally {

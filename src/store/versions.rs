@@ -4,7 +4,7 @@
 use std::{future::Future, ops::Range};
 
 use chrono::{NaiveDateTime, Utc};
-use tokio_postgres::{Transaction, types::Type};
+use tokio_postgres::{Statement, Transaction, types::Type};
 
 use super::{
     PgConnection, StoreError,
@@ -46,14 +46,26 @@ pub async fn write_versions(
     events: &[Item<VersionEvent<'_>>],
 ) -> Result<WriteOutcome, StoreError> {
     let (order, superseded) = newest_per_key(events);
-    let mut outcome = write_batch(conn, &VersionRows { order }).await?;
+    let upsert = conn.prepared(UPSERT_VERSIONS, &PARAMETERS).await?;
+    let mut outcome = write_batch(conn, &VersionRows { order, upsert }).await?;
     outcome.superseded = superseded;
     Ok(outcome)
 }
 
+/// The types of [`UPSERT_VERSIONS`]' parameters.
+const PARAMETERS: [Type; 6] = [
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TIMESTAMP_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TIMESTAMP_ARRAY,
+];
+
 struct VersionRows<'e, 'd> {
     /// The newest event per key, sorted by key (the lock order).
     order: Vec<&'e Item<VersionEvent<'d>>>,
+    upsert: Statement,
 }
 
 type Key<'e> = (&'e str, &'e str, &'e str);
@@ -114,7 +126,7 @@ impl Rows for VersionRows<'_, '_> {
                 published: e.published_at.at,
             }
         });
-        upsert(tx, picked)
+        upsert(tx, &self.upsert, picked)
     }
 
     async fn probe(&self, tx: &Transaction<'_>) -> Result<Tally, tokio_postgres::Error> {
@@ -128,7 +140,7 @@ impl Rows for VersionRows<'_, '_> {
             document: "null",
             published: now,
         };
-        upsert(tx, std::iter::once(row)).await
+        upsert(tx, &self.upsert, std::iter::once(row)).await
     }
 }
 
@@ -143,6 +155,7 @@ struct Row<'r> {
 
 async fn upsert<'r>(
     tx: &Transaction<'_>,
+    statement: &Statement,
     rows: impl ExactSizeIterator<Item = Row<'r>>,
 ) -> Result<Tally, tokio_postgres::Error> {
     let n = rows.len();
@@ -164,15 +177,15 @@ async fn upsert<'r>(
         documents.push(row.document);
         published.push(row.published);
     }
-    tx.execute_typed(
-        UPSERT_VERSIONS,
+    tx.execute(
+        statement,
         &[
-            (&components, Type::TEXT_ARRAY),
-            (&trains, Type::TEXT_ARRAY),
-            (&versions, Type::TEXT_ARRAY),
-            (&released, Type::TIMESTAMP_ARRAY),
-            (&documents, Type::TEXT_ARRAY),
-            (&published, Type::TIMESTAMP_ARRAY),
+            &components,
+            &trains,
+            &versions,
+            &released,
+            &documents,
+            &published,
         ],
     )
     .await

@@ -104,4 +104,32 @@ async fn key_lookups_stay_index_lookups_as_the_key_table_grows() {
         plan.contains("Index Only Scan using checkin_keys_"),
         "{plan}"
     );
+
+    // The worker prepares the statement once per connection: after a few
+    // executions PostgreSQL may keep a generic plan, which must probe too.
+    client
+        .batch_execute(&format!(
+            "SET plan_cache_mode = force_generic_plan;
+             PREPARE w(uuid[], timestamp[], text[], text[]) AS {INSERT_CHECKINS}"
+        ))
+        .await
+        .unwrap();
+    let generic: Vec<String> = client
+        .query(
+            "EXPLAIN (COSTS OFF) EXECUTE w(array_fill(gen_random_uuid(), ARRAY[500]),
+               array_fill(localtimestamp, ARRAY[500]), array_fill('{}'::text, ARRAY[500]),
+               array_fill('k'::text, ARRAY[500]))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let generic = generic.join("\n");
+    assert!(!generic.contains("Seq Scan on checkin_keys"), "{generic}");
+    assert!(
+        generic.contains("Index Only Scan using checkin_keys_"),
+        "{generic}"
+    );
 }
