@@ -119,8 +119,8 @@ async fn watch_channel(channel: Channel, abandon: CancellationToken) {
 /// Consumes `consumer` until `context.shutdown` is cancelled, then stops taking
 /// deliveries, lets the batches in hand finish (a batch is never cut in the
 /// middle: its rows commit and it is acked), waits for dead-letter copies still
-/// unconfirmed, and closes the channel, which hands any deliveries still
-/// buffered back to the broker.
+/// unconfirmed, and closes the channel. Deliveries the client had buffered
+/// but no batch had taken are nacked (requeued) after the last batch.
 pub async fn run_queue(
     context: QueueContext,
     channel: Channel,

@@ -82,10 +82,40 @@ pub(super) async fn read(
             return Ok(());
         }
     }
-    let _ = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
+    // Hand back what the client buffered with nack rather than leaving it to
+    // the channel's closing: on RabbitMQ 4.3+ a closing channel counts toward
+    // each message's `x-delivery-count`, a nack does not (see the module
+    // docs of `pipeline`), and a shutdown is no fault of the messages.
+    if let Ok(buffered) = cancel_and_drain(channel, consumer).await {
+        release(buffered, &to_acker).await;
+    }
     Ok(())
+}
+
+/// Cancels the consumer and returns the deliveries the client had buffered:
+/// after cancel-ok the stream yields them, then ends.
+async fn cancel_and_drain(
+    channel: &Channel,
+    mut consumer: Consumer,
+) -> Result<Vec<Delivery>, PipelineError> {
+    channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await
+        .map_err(channel_failed("stopping the consumer"))?;
+    let mut buffered = Vec::new();
+    while let Some(delivery) = consumer.next().await {
+        buffered.push(delivery.map_err(channel_failed("receiving deliveries"))?);
+    }
+    Ok(buffered)
+}
+
+/// Hands `buffered` to the acker to be nacked (requeued), after the batches
+/// before it.
+async fn release(buffered: Vec<Delivery>, to_acker: &mpsc::Sender<Deciding>) {
+    if !buffered.is_empty() {
+        let released = tokio::spawn(async move { Ok(Decided::released(buffered)) });
+        let _ = to_acker.send(released).await;
+    }
 }
 
 /// Stops consuming, hands back what the client had buffered, waits out the
@@ -93,7 +123,7 @@ pub(super) async fn read(
 async fn pause(
     context: &QueueContext,
     channel: &Channel,
-    mut consumer: Consumer,
+    consumer: Consumer,
     breaker: &Breaker,
     to_acker: &mpsc::Sender<Deciding>,
 ) -> Result<Consumer, PipelineError> {
@@ -104,19 +134,7 @@ async fn pause(
         .readiness
         .set_queue(&context.queue, QueueState::Paused(reason));
     let tag = consumer.tag();
-    channel
-        .basic_cancel(tag.clone(), BasicCancelOptions::default())
-        .await
-        .map_err(channel_failed("stopping the consumer"))?;
-    // After cancel-ok the stream yields what was buffered, then ends.
-    let mut buffered = Vec::new();
-    while let Some(delivery) = consumer.next().await {
-        buffered.push(delivery.map_err(channel_failed("receiving deliveries"))?);
-    }
-    if !buffered.is_empty() {
-        let released = tokio::spawn(async move { Ok(Decided::released(buffered)) });
-        let _ = to_acker.send(released).await;
-    }
+    release(cancel_and_drain(channel, consumer).await?, to_acker).await;
     tokio::select! {
         () = context.shutdown.cancelled() => {}
         () = tokio::time::sleep(pause) => {}
@@ -141,6 +159,10 @@ fn channel_failed(doing: &'static str) -> impl Fn(lapin::Error) -> PipelineError
     move |source| PipelineError::Broker(BrokerError::Channel { doing, source })
 }
 
+/// A batch that finds at least 1/STREAM_SHARE of the batch size ready at once is
+/// part of a stream.
+const STREAM_SHARE: usize = 8;
+
 /// Gathers the deliveries after `first` that are already here, up to the
 /// batch size; after a full batch (`backlog`), also those arriving within
 /// `batch_linger` of the first.
@@ -161,7 +183,11 @@ async fn fill_batch(
             Some(None) | None => break,
         }
     }
-    if !backlog || batch.len() == size {
+    // A few messages at a time: written at once. Many already waiting: a
+    // stream (a backlog, or a load the database can only follow in bulk) —
+    // wait a little for the batch to fill, which costs far less than more
+    // transactions.
+    if !backlog && batch.len() < size.div_ceil(STREAM_SHARE) || batch.len() == size {
         return Ok(batch);
     }
     let deadline = Instant::now() + context.settings.batch_linger;

@@ -99,3 +99,47 @@ async fn shutdown_during_a_database_outage_releases_the_batch_with_nack_and_stop
     )
     .await;
 }
+
+#[tokio::test]
+async fn deliveries_waiting_behind_stuck_writes_are_nacked_on_shutdown_not_left_to_the_close() {
+    let env = TestEnv::new().await;
+    let tap = AmqpTap::start("127.0.0.1:5672".parse().unwrap()).await;
+    let database = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut settings = env.settings();
+    settings.broker.nodes = vec![tap.url().parse().unwrap()];
+    settings.database.config = env.db.url_via(database.addr).parse().unwrap();
+    let worker = RunningWorker::start(settings);
+    env.broker.wait_for_consumers().await;
+    database.cut();
+    let queue = env.broker.topology.checkin_queue.clone();
+    let all = checkins(10, None);
+    // One message at a time until every write permit is held by a batch
+    // retrying against the cut database; the rest wait in the client.
+    for one in all.chunks(1).take(2) {
+        env.broker.publish_checkins(one).await;
+        wait_until("the batch to be taken", Duration::from_secs(10), || async {
+            env.broker.ready(&queue).await == 0
+        })
+        .await;
+    }
+    env.broker.publish_checkins(&all[2..]).await;
+    wait_until(
+        "the rest to be delivered",
+        Duration::from_secs(10),
+        || async { env.broker.ready(&queue).await == 0 },
+    )
+    .await;
+    worker.stop().await.unwrap();
+    let acks = tap.acks();
+    let nacked = acks
+        .iter()
+        .filter(|a| a.method == Method::Nack && a.requeue)
+        .count();
+    assert_eq!(nacked, 10, "batched and buffered alike released: {acks:?}");
+    wait_until(
+        "the messages to be back",
+        Duration::from_secs(10),
+        || async { env.broker.ready(&queue).await == 10 },
+    )
+    .await;
+}
