@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::{
     ClusterId, Envelope, EventTime, Limits, Rejection,
     json::parse_object,
-    shape::{ComponentVersion, Object, check_date_time},
+    shape::{Components, check_date_time},
 };
 
 /// A checkin that is fit to store.
@@ -85,8 +85,8 @@ struct WireCheckin<'a> {
     first_seen: Option<Cow<'a, str>>,
     #[serde(borrow, default, rename = "lastSeen")]
     last_seen: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    components: Option<Vec<Option<Object<ComponentVersion<'a>>>>>,
+    #[serde(default)]
+    components: Option<Components>,
 }
 
 impl<'a> Checkin<'a> {
@@ -102,22 +102,10 @@ impl<'a> Checkin<'a> {
         let components = wire.components.ok_or_else(|| {
             Rejection::invalid("`components` is missing (an array, possibly empty)")
         })?;
-        for (i, entry) in components.iter().enumerate() {
-            let entry = entry.as_ref().map(|e| &e.0);
-            let named = entry
-                .and_then(|e| e.component.as_ref())
-                .and_then(|c| c.0.name.as_deref())
-                .is_some_and(|name| !name.is_empty());
-            if !named {
-                return Err(Rejection::invalid(format!(
-                    "`components[{i}].component.name` is missing or empty"
-                )));
-            }
-            if let Some(version) = entry.and_then(|e| e.version.as_ref()) {
-                version
-                    .0
-                    .check_data(|| format!("components[{i}].version.data"))?;
-            }
+        if let Some(i) = components.first_unnamed {
+            return Err(Rejection::invalid(format!(
+                "`components[{i}].component.name` is missing or empty"
+            )));
         }
         Ok(Checkin {
             cluster_id,
@@ -200,6 +188,21 @@ mod tests {
     fn components_that_is_not_an_array_names_the_field() {
         let r = reason(&format!(r#"{{"id":"{ID}","components":{{}}}}"#));
         assert!(r.starts_with("`components`: invalid type"), "{r}");
+    }
+
+    #[test]
+    fn version_data_that_readers_cannot_decode_is_refused_with_its_path() {
+        let body = format!(
+            r#"{{"id":"{ID}","components":[{{"component":{{"name":"a"}},"version":{{"data":null}}}},
+              {{"component":{{"name":"b"}},"version":{{"data":"notes"}}}}]}}"#
+        );
+        let r = reason(&body);
+        assert!(
+            r.starts_with("`components[1].version.data`: invalid type"),
+            "{r}"
+        );
+        let fine = body.replace(r#""notes""#, r#"{"description":"d","extra":[1]}"#);
+        assert!(parse(&fine).is_ok());
     }
 
     #[test]

@@ -39,16 +39,28 @@ pub fn guard(text: &str, max_depth: usize) -> Result<(), Rejection> {
 /// Index of the closing quote of the string starting at `i` (or the end of the
 /// input, for serde to report), checking each `\u` escape on the way.
 fn string_end(bytes: &[u8], mut i: usize) -> Result<usize, Rejection> {
-    // Strings are most of a document: jump to the next quote or backslash.
-    while let Some(found) = memchr::memchr2(b'"', b'\\', &bytes[i.min(bytes.len())..]) {
-        i += found;
+    loop {
+        // Most strings are short (keys, names): a plain loop finds their end
+        // sooner than a vector search can start; long ones are searched.
+        let short = bytes.len().min(i + 32);
+        let found = match bytes[i.min(short)..short]
+            .iter()
+            .position(|b| matches!(b, b'"' | b'\\'))
+        {
+            Some(at) => Some(i + at),
+            None if short == bytes.len() => None,
+            None => memchr::memchr2(b'"', b'\\', &bytes[short..]).map(|at| short + at),
+        };
+        let Some(at) = found else {
+            return Ok(bytes.len());
+        };
+        i = at;
         match bytes.get(i + 1) {
             _ if bytes[i] == b'"' => return Ok(i),
             Some(b'u') => i = unicode_escape(bytes, i)?,
             _ => i += 2,
         }
     }
-    Ok(bytes.len())
 }
 
 /// Checks the `\uXXXX` escape at `i` (and the low half of a surrogate pair);
@@ -165,6 +177,17 @@ mod tests {
         assert!(reason(r#"{"x":"a\u0000b"}"#).contains("\\u0000"));
         // An escaped backslash followed by "u0000" is text, not an escape.
         assert!(guard(r#"{"x":"a\\u0000b"}"#, 64).is_ok());
+    }
+
+    #[test]
+    fn escapes_deep_inside_long_strings_are_found() {
+        let long = "x".repeat(100);
+        assert!(reason(&format!(r#"{{"x":"{long}\u0000"}}"#)).contains("\\u0000"));
+        assert!(reason(&format!(r#"{{"x":"{long}\"{long}\uDC00"}}"#)).contains("lone surrogate"));
+        // Brackets after a long string still count; inside it they do not.
+        let nested = format!(r#"{{"x":"{long}[[[[","y":[[[[]]]]}}"#);
+        assert!(guard(&nested, 5).is_ok());
+        assert!(guard(&nested, 4).is_err());
     }
 
     #[test]

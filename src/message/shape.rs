@@ -10,7 +10,7 @@ use std::{borrow::Cow, fmt, marker::PhantomData};
 
 use serde::{
     Deserialize, Deserializer,
-    de::{MapAccess, Visitor, value::MapAccessDeserializer},
+    de::{MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer},
 };
 use serde_json::value::RawValue;
 
@@ -89,10 +89,61 @@ impl Version<'_> {
 pub struct ComponentVersion<'a> {
     #[serde(borrow, default)]
     pub component: Option<Object<Component<'a>>>,
-    #[serde(borrow, default)]
-    pub version: Option<Object<Version<'a>>>,
+    #[serde(borrow, default, rename = "version")]
+    _version: Option<Object<ComponentRelease<'a>>>,
     #[serde(borrow, default, rename = "updateAvailable")]
     _update_available: Option<Cow<'a, str>>,
+}
+
+/// `models.Version` inside a checkin: nothing of it is kept, so `data` is
+/// checked as `models.Data` while it is read, not captured and read again.
+#[derive(Deserialize)]
+pub struct ComponentRelease<'a> {
+    #[serde(borrow, default, rename = "train")]
+    _train: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "version")]
+    _version: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "released")]
+    _released: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "data")]
+    _data: Option<Object<Data<'a>>>,
+}
+
+/// A checkin's `components`, each checked as it is read and none kept: the
+/// index of the first without a component name, if any.
+pub struct Components {
+    pub first_unnamed: Option<usize>,
+}
+
+impl<'de> Deserialize<'de> for Components {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = Components;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut entries: A) -> Result<Components, A::Error> {
+                let mut first_unnamed = None;
+                let mut index = 0;
+                while let Some(entry) =
+                    entries.next_element::<Option<Object<ComponentVersion<'de>>>>()?
+                {
+                    let named = entry
+                        .as_ref()
+                        .and_then(|e| e.0.component.as_ref())
+                        .and_then(|c| c.0.name.as_deref())
+                        .is_some_and(|name| !name.is_empty());
+                    if !named && first_unnamed.is_none() {
+                        first_unnamed = Some(index);
+                    }
+                    index += 1;
+                }
+                Ok(Components { first_unnamed })
+            }
+        }
+        deserializer.deserialize_seq(Entries)
+    }
 }
 
 /// go-swagger's `strfmt.DateTime`: RFC 3339, or empty.
