@@ -126,6 +126,22 @@ pub struct Drain {
     pub cpu_us_per_msg: f64,
     /// The resident set at the end of the drain, by kind.
     pub resident: Option<procfs::Resident>,
+    /// Messages per batch written, on average (from the worker's metrics).
+    pub mean_batch: f64,
+}
+
+/// Mean of `wfm_batch_size_messages` for `queue`, scraped from the worker.
+async fn mean_batch(http: std::net::SocketAddr, queue: &str) -> f64 {
+    let Ok((_, text)) = wfm_worker::http::get(http, "/metrics").await else {
+        return f64::NAN;
+    };
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(&format!("queue=\"{queue}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    value("wfm_batch_size_messages_sum") / value("wfm_batch_size_messages_count")
 }
 
 /// Which queue a worker drain fills.
@@ -172,9 +188,17 @@ pub async fn worker_drain_with(
     env.prefill(key, count, body).await?;
     let client = env.client().await?;
     let started = Instant::now();
-    let mut worker = worker_command(&env, exe, batch_size, &env.amqp_url, None, "wfm-worker")?
-        .envs(vars.iter().copied())
-        .spawn()?;
+    let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut worker = worker_command(
+        &env,
+        exe,
+        batch_size,
+        &env.amqp_url,
+        Some(http),
+        "wfm-worker",
+    )?
+    .envs(vars.iter().copied())
+    .spawn()?;
     // The highest id is an index lookup; count(*) at 100 Hz would load the database.
     let newest = match backlog {
         Backlog::Checkins => "SELECT coalesce(max(checkins_id), 0) FROM clusters_checkins",
@@ -195,6 +219,7 @@ pub async fn worker_drain_with(
     let cpu_us_per_msg = procfs::cpu_secs(pid).unwrap_or(0.0) * 1e6 / count as f64;
     let peak_rss_kib = procfs::peak_rss_kib(pid).unwrap_or_default();
     let resident = procfs::resident(pid, exe);
+    let mean_batch = mean_batch(http, &queue).await;
     poll_until(
         "the queue to be drained",
         Duration::from_millis(20),
@@ -210,6 +235,7 @@ pub async fn worker_drain_with(
         peak_rss_kib,
         cpu_us_per_msg,
         resident,
+        mean_batch,
     })
 }
 
