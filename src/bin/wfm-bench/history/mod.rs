@@ -235,6 +235,11 @@ pub struct Conversion {
     pub seconds: f64,
     /// The longest time no checkin was written while the conversion ran.
     pub longest_pause_ms: f64,
+    /// When that pause began, seconds after the conversion started.
+    pub pause_began_s: f64,
+    /// How long the switch held its lock, and in how many attempts.
+    pub switch_ms: f64,
+    pub switch_attempts: u32,
 }
 
 /// `$2` small checkins spread over the 30 days before `$1`.
@@ -272,7 +277,7 @@ pub async fn convert_while_ingesting(
     tokio::time::sleep(Duration::from_secs(1)).await;
     watching.store(false, Ordering::Relaxed);
     publishing.store(false, Ordering::Relaxed);
-    let longest_pause_ms = monitor.await??;
+    let (longest_pause, pause_began) = monitor.await??;
     let ingested = publisher.await?? as i64;
     wait_for_rows_counted(&client, rows + ingested).await?;
     stop(&mut worker).await?;
@@ -293,7 +298,13 @@ pub async fn convert_while_ingesting(
         rows_after,
         ingested,
         seconds,
-        longest_pause_ms,
+        longest_pause_ms: longest_pause.as_secs_f64() * 1000.0,
+        pause_began_s: pause_began.checked_duration_since(started).map_or_else(
+            || -(started - pause_began).as_secs_f64(),
+            |d| d.as_secs_f64(),
+        ),
+        switch_ms: report.switch.as_secs_f64() * 1000.0,
+        switch_attempts: report.attempts,
     })
 }
 
@@ -348,19 +359,25 @@ async fn publish_steadily(
     Ok(published)
 }
 
-/// The longest interval, in ms, in which the checkin sequence did not move.
-async fn longest_pause(url: String, watching: Arc<AtomicBool>) -> anyhow::Result<f64> {
+/// The longest interval in which the checkin sequence did not move, and when
+/// it began.
+async fn longest_pause(
+    url: String,
+    watching: Arc<AtomicBool>,
+) -> anyhow::Result<(Duration, Instant)> {
     let client = crate::env::connect(&url).await?;
     let mut last: i64 = client.query_one(WRITTEN, &[]).await?.get(0);
     let mut moved = Instant::now();
-    let mut longest = Duration::ZERO;
+    let mut longest = (Duration::ZERO, moved);
     while watching.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let now: i64 = client.query_one(WRITTEN, &[]).await?.get(0);
         if now != last {
-            longest = longest.max(moved.elapsed());
+            if moved.elapsed() > longest.0 {
+                longest = (moved.elapsed(), moved);
+            }
             (last, moved) = (now, Instant::now());
         }
     }
-    Ok(longest.as_secs_f64() * 1000.0)
+    Ok(longest)
 }

@@ -20,8 +20,12 @@ pub async fn report(
     let conversion =
         convert_while_ingesting(limits, exe, args.legacy_rows, args.ingest_rate).await?;
     eprintln!(
-        "  (10) conversion {:.1} s, longest pause {:.0} ms",
-        conversion.seconds, conversion.longest_pause_ms
+        "  (10) conversion {:.1} s, longest pause {:.0} ms from {:.1} s, switch {:.0} ms ({} attempt(s))",
+        conversion.seconds,
+        conversion.longest_pause_ms,
+        conversion.pause_began_s,
+        conversion.switch_ms,
+        conversion.switch_attempts
     );
     let reports =
         crate::reports::reports(limits, args.clusters, args.checkins_per_cluster, 5).await?;
