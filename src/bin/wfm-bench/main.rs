@@ -96,7 +96,7 @@ struct Args {
     /// Measure the cost of OpenTelemetry tracing instead (phase 15).
     #[arg(long)]
     tracing: bool,
-    /// (15) off/on pairs of drains.
+    /// Pairs of runs for the side-by-side measurements: (8), (12), (15).
     #[arg(long, default_value_t = 5)]
     pairs: usize,
     /// The script that runs private RabbitMQ nodes.

@@ -126,7 +126,11 @@ async fn timed(
 
 /// (12): the batched write of `count` checkins as the worker runs it, and the
 /// same statement with the cluster upsert of before the summaries: (with, without).
-pub async fn summary_cost(limits: &Limits<'_>, count: usize) -> anyhow::Result<(f64, f64)> {
+pub async fn summary_cost(
+    limits: &Limits<'_>,
+    count: usize,
+    pairs: usize,
+) -> anyhow::Result<crate::history::Pairs> {
     let upsert = store::INSERT_CHECKINS
         .find("), tally AS (")
         .expect("the statement has its tally");
@@ -141,10 +145,19 @@ pub async fn summary_cost(limits: &Limits<'_>, count: usize) -> anyhow::Result<(
 SELECT (SELECT count(*) FROM kept), (SELECT count(*) FROM counted)",
         &store::INSERT_CHECKINS[..upsert]
     );
-    let with = write_rate(limits, store::INSERT_CHECKINS, count).await?;
-    let without = write_rate(limits, &without, count).await?;
-    eprintln!("  (12) with summaries {with:.0} msgs/s, without {without:.0} msgs/s");
-    Ok((with, without))
+    let without = &without;
+    crate::history::Pairs::measure(pairs, |summaries| async move {
+        let statement = if summaries {
+            store::INSERT_CHECKINS
+        } else {
+            without
+        };
+        let rate = write_rate(limits, statement, count).await?;
+        let kind = if summaries { "with" } else { "without" };
+        eprintln!("  (12) {kind:<7} summaries {rate:>9.0} msgs/s");
+        Ok(rate)
+    })
+    .await
 }
 
 async fn write_rate(limits: &Limits<'_>, statement: &str, count: usize) -> anyhow::Result<f64> {
