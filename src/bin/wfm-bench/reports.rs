@@ -130,7 +130,7 @@ pub async fn summary_cost(
     limits: &Limits<'_>,
     count: usize,
     pairs: usize,
-) -> anyhow::Result<crate::history::Pairs> {
+) -> anyhow::Result<crate::pairs::Pairs> {
     let upsert = store::INSERT_CHECKINS
         .find("), tally AS (")
         .expect("the statement has its tally");
@@ -146,7 +146,7 @@ SELECT (SELECT count(*) FROM kept), (SELECT count(*) FROM counted)",
         &store::INSERT_CHECKINS[..upsert]
     );
     let without = &without;
-    crate::history::Pairs::measure(pairs, |summaries| async move {
+    crate::pairs::Pairs::measure(pairs, |summaries| async move {
         let statement = if summaries {
             store::INSERT_CHECKINS
         } else {

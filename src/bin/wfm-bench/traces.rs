@@ -17,11 +17,14 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::phases::{Backlog, Limits, worker_drain_with};
+use crate::{
+    pairs::Pairs,
+    phases::{Backlog, Limits, worker_drain_with},
+};
 
 pub struct Overhead {
-    pub off: f64,
-    pub on: f64,
+    /// Tracing off (base) and on (variant).
+    pub drains: Pairs,
     pub requests: u64,
     pub bytes: u64,
 }
@@ -35,39 +38,31 @@ pub async fn overhead(
     let sink = Sink::start().await?;
     let endpoint = format!("http://{}", sink.addr);
     let traced = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
-    let (mut off, mut on) = (Vec::new(), Vec::new());
-    for pair in 0..pairs {
-        let batch = limits.batch_size;
-        off.push(
-            worker_drain_with(limits, exe, Backlog::Checkins, count, batch, &[])
-                .await?
-                .rate,
-        );
-        on.push(
-            worker_drain_with(limits, exe, Backlog::Checkins, count, batch, &traced)
-                .await?
-                .rate,
-        );
-        eprintln!(
-            "  (15) pair {}: off {:.0}, on {:.0} msgs/s",
-            pair + 1,
-            off[pair],
-            on[pair]
-        );
-    }
+    let traced = &traced;
+    let drains = Pairs::measure(pairs, |on| async move {
+        let env: &[(&str, &str)] = if on { traced } else { &[] };
+        let rate = worker_drain_with(
+            limits,
+            exe,
+            Backlog::Checkins,
+            count,
+            limits.batch_size,
+            env,
+        )
+        .await?
+        .rate;
+        let kind = if on { "on" } else { "off" };
+        eprintln!("  (15) tracing {kind:<3} {rate:>9.0} msgs/s");
+        Ok(rate)
+    })
+    .await?;
     let requests = sink.requests.load(Ordering::Relaxed);
     anyhow::ensure!(requests > 0, "no spans were exported");
     Ok(Overhead {
-        off: median(off),
-        on: median(on),
+        drains,
         requests,
         bytes: sink.bytes.load(Ordering::Relaxed),
     })
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// An OTLP/HTTP endpoint that takes everything and keeps nothing.
