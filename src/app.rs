@@ -265,26 +265,47 @@ impl Worker<'_> {
     /// topology, consumers, supervision. Returns Ok only on shutdown.
     async fn consume(&self, pool: &Pool, retry: &mut Retry<'_>) -> Result<(), RunError> {
         let broker = &self.settings.broker;
-        let connection = broker::connect(broker, &broker.connection_name).await?;
+        let Some(connection) = self
+            .unless_shutdown(broker::connect(broker, &broker.connection_name))
+            .await?
+        else {
+            return Ok(());
+        };
         let dead_letter_name = format!("{} dead letters", broker.connection_name);
-        let dead_letter_connection =
-            match broker::connect_for_copies(broker, &dead_letter_name).await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    let _ = connection.close(200, "worker stopped".into()).await;
-                    return Err(error.into());
-                }
-            };
+        let dead_letter_connection = match self
+            .unless_shutdown(broker::connect_for_copies(broker, &dead_letter_name))
+            .await
+        {
+            Ok(Some(connection)) => connection,
+            stopped_or_failed => {
+                close(&connection).await;
+                return stopped_or_failed.map(|_| ());
+            }
+        };
         self.readiness.set_broker_connected(true);
         let result = self
             .consume_on(pool, &connection, &dead_letter_connection, retry)
             .await;
         self.readiness.set_broker_connected(false);
-        let _ = connection.close(200, "worker stopped".into()).await;
-        let _ = dead_letter_connection
-            .close(200, "worker stopped".into())
-            .await;
+        close(&connection).await;
+        close(&dead_letter_connection).await;
         result
+    }
+
+    /// A step before any delivery is taken (connecting, declaring, opening
+    /// consumers): shutdown does not wait for it. Each is a broker round trip
+    /// with no time-out of its own, and a node that is starting or stopping
+    /// can leave one unanswered for long; with nothing consumed yet, there is
+    /// nothing to finish or hand back.
+    async fn unless_shutdown<T, E: Into<RunError>>(
+        &self,
+        step: impl Future<Output = Result<T, E>>,
+    ) -> Result<Option<T>, RunError> {
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => Ok(None),
+            done = step => done.map(Some).map_err(Into::into),
+        }
     }
 
     async fn consume_on(
@@ -295,15 +316,35 @@ impl Worker<'_> {
         retry: &mut Retry<'_>,
     ) -> Result<(), RunError> {
         let topology = &self.settings.broker.topology;
-        broker::declare_topology(connection, topology).await?;
-        let dead_letters =
-            DeadLetters::open(dead_letter_connection, &topology.dead_letter_exchange).await?;
+        let prefetch = self.settings.pipeline.prefetch;
+        let opened = self
+            .unless_shutdown(async {
+                broker::declare_topology(connection, topology).await?;
+                let dead_letters =
+                    DeadLetters::open(dead_letter_connection, &topology.dead_letter_exchange)
+                        .await?;
+                let mut consumers = Vec::with_capacity(self.queues.0.len());
+                for (_, queue, _) in &self.queues.0 {
+                    consumers.push(broker::open_consumer(connection, queue, prefetch).await?);
+                }
+                let sampling =
+                    connection
+                        .create_channel()
+                        .await
+                        .map_err(|source| BrokerError::Channel {
+                            doing: "opening the sampling channel",
+                            source,
+                        })?;
+                Ok::<_, RunError>((dead_letters, consumers, sampling))
+            })
+            .await?;
+        let Some((dead_letters, consumers, sampling)) = opened else {
+            return Ok(());
+        };
         let stop = self.shutdown.child_token();
         let abandon = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
-        for (kind, queue, metrics) in &self.queues.0 {
-            let (channel, consumer) =
-                broker::open_consumer(connection, queue, self.settings.pipeline.prefetch).await?;
+        for ((kind, queue, metrics), (channel, consumer)) in self.queues.0.iter().zip(consumers) {
             let context = QueueContext {
                 kind: *kind,
                 queue: queue.clone(),
@@ -324,15 +365,8 @@ impl Worker<'_> {
         ));
         retry.reset();
         tracing::info!("connected and consuming");
-        let setup = connection
-            .create_channel()
-            .await
-            .map_err(|source| BrokerError::Channel {
-                doing: "opening the sampling channel",
-                source,
-            })?;
         let sampler = tokio::spawn(gauges::sample(
-            setup,
+            sampling,
             pool.clone(),
             topology.clone(),
             stop.clone(),
@@ -340,6 +374,8 @@ impl Worker<'_> {
         let result =
             supervise::supervise(tasks, &stop, &abandon, self.settings.shutdown_timeout).await;
         stop.cancel();
+        // Only gauges: not worth waiting for a broker that does not answer.
+        sampler.abort();
         let _ = sampler.await;
         result
     }
@@ -375,4 +411,12 @@ fn watch_dead_letters(
         blocked.set(0.0);
         result
     }
+}
+
+/// Closes `connection`, waiting a little for the broker's close-ok: a node
+/// that is going away may never send it, and the socket goes with the
+/// connection anyway.
+async fn close(connection: &Connection) {
+    const CLOSE_WAIT: Duration = Duration::from_secs(5);
+    let _ = tokio::time::timeout(CLOSE_WAIT, connection.close(200, "worker stopped".into())).await;
 }

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use crate::support::{Outgoing, RunningWorker, TestEnv, checkin_body, wait_until};
+use crate::support::{
+    Outgoing, RunningWorker, TestEnv,
+    amqp_tap::{AmqpTap, QUEUE_DECLARE},
+    checkin_body, wait_until,
+};
 
 const TOTAL: i64 = 3000;
 
@@ -62,4 +66,27 @@ async fn graceful_shutdown_mid_stream_acks_what_it_stored_and_hands_back_the_res
         "each message stored exactly once"
     );
     worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_broker_that_stops_answering_during_start_up_does_not_hold_up_shutdown() {
+    let env = TestEnv::new().await;
+    // A node that is starting or stopping can leave a declare unanswered.
+    let tap = AmqpTap::start_holding("127.0.0.1:5672".parse().unwrap(), Some(QUEUE_DECLARE)).await;
+    let mut settings = env.settings();
+    settings.broker.nodes = vec![tap.url().parse().unwrap()];
+    let worker = RunningWorker::start(settings);
+    wait_until(
+        "the worker to declare its queues",
+        Duration::from_secs(10),
+        || async { tap.held() },
+    )
+    .await;
+    let stopping = tokio::time::Instant::now();
+    worker.stop().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "stopped in {:?}",
+        stopping.elapsed()
+    );
 }

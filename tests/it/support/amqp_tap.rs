@@ -1,11 +1,16 @@
 //! A proxy in front of the broker that records the acknowledgement frames the
 //! worker sends (`basic.ack`, `basic.reject`, `basic.nack`), so a test can see
 //! which one the worker chose — the difference RabbitMQ 4.3 makes in counting
-//! deliveries, which the local 3.x broker does not show.
+//! deliveries, which the local 3.x broker does not show. It can also play a
+//! broker that stops answering: from a chosen method on, nothing the client
+//! sends reaches the broker.
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use tokio::{
@@ -33,20 +38,44 @@ pub enum Method {
 pub struct AmqpTap {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Ack>>>,
+    held: Arc<AtomicBool>,
 }
+
+/// A method frame: class and method ids (AMQP 0-9-1 §1.2).
+pub type MethodId = (u16, u16);
+
+/// `queue.declare`.
+pub const QUEUE_DECLARE: MethodId = (50, 10);
 
 impl AmqpTap {
     pub async fn start(target: SocketAddr) -> AmqpTap {
+        Self::start_holding(target, None).await
+    }
+
+    /// From the first `hold` method frame a client sends on, that client's
+    /// bytes go nowhere: the broker never answers it.
+    pub async fn start_holding(target: SocketAddr, hold: Option<MethodId>) -> AmqpTap {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let recorded = seen.clone();
+        let held = Arc::new(AtomicBool::new(false));
+        let (recorded, holding) = (seen.clone(), held.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(forward(client, target, recorded.clone()));
+                let parser = Parser {
+                    hold,
+                    held: holding.clone(),
+                    ..Parser::default()
+                };
+                tokio::spawn(forward(client, target, recorded.clone(), parser));
             }
         });
-        AmqpTap { addr, seen }
+        AmqpTap { addr, seen, held }
+    }
+
+    /// Whether a client has sent the held method.
+    pub fn held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
@@ -59,7 +88,12 @@ impl AmqpTap {
     }
 }
 
-async fn forward(client: TcpStream, target: SocketAddr, seen: Arc<Mutex<Vec<Ack>>>) {
+async fn forward(
+    client: TcpStream,
+    target: SocketAddr,
+    seen: Arc<Mutex<Vec<Ack>>>,
+    mut parser: Parser,
+) {
     let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
@@ -67,7 +101,6 @@ async fn forward(client: TcpStream, target: SocketAddr, seen: Arc<Mutex<Vec<Ack>
     let (mut server_read, mut server_write) = server.into_split();
     let downstream = tokio::io::copy(&mut server_read, &mut client_write);
     let upstream = async {
-        let mut parser = Parser::default();
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             let n = match client_read.read(&mut buffer).await {
@@ -75,6 +108,9 @@ async fn forward(client: TcpStream, target: SocketAddr, seen: Arc<Mutex<Vec<Ack>
                 Ok(n) => n,
             };
             parser.feed(&buffer[..n], &seen);
+            if parser.holding {
+                continue;
+            }
             if server_write.write_all(&buffer[..n]).await.is_err() {
                 break;
             }
@@ -93,6 +129,11 @@ async fn forward(client: TcpStream, target: SocketAddr, seen: Arc<Mutex<Vec<Ack>
 struct Parser {
     pending: Vec<u8>,
     header_seen: bool,
+    hold: Option<MethodId>,
+    /// This connection sent the held method: nothing more is forwarded.
+    holding: bool,
+    /// Any connection did.
+    held: Arc<AtomicBool>,
 }
 
 impl Parser {
@@ -112,6 +153,14 @@ impl Parser {
             }
             let frame: Vec<u8> = self.pending.drain(..7 + size + 1).collect();
             if frame[0] == 1 {
+                let id = (
+                    u16::from_be_bytes([frame[7], frame[8]]),
+                    u16::from_be_bytes([frame[9], frame[10]]),
+                );
+                if self.hold == Some(id) {
+                    self.holding = true;
+                    self.held.store(true, Ordering::SeqCst);
+                }
                 let channel = u16::from_be_bytes([frame[1], frame[2]]);
                 if let Some(ack) = ack(channel, &frame[7..7 + size]) {
                     seen.lock().unwrap().push(ack);
