@@ -168,9 +168,10 @@ pub struct PipelineArgs {
           value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub batch_size: u16,
 
-    /// After a full batch (a backlog), longest wait in milliseconds for the
-    /// next to fill (0 to 60000). Otherwise a batch is written as soon as no
-    /// more messages are ready.
+    /// After a full batch (a backlog), or when an eighth of a batch was
+    /// waiting, longest wait in milliseconds for the batch to fill (0 to
+    /// 60000). Otherwise a batch is written as soon as no more messages are
+    /// ready.
     #[arg(long, env = "WFM_BATCH_LINGER_MS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub batch_linger_ms: u64,

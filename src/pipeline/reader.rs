@@ -26,8 +26,9 @@ use crate::{broker::BrokerError, readiness::QueueState};
 /// permit is writing, deliveries wait in the client, and the next batch takes
 /// all of them at once. A batch is written as soon as nothing more is ready
 /// ("flush on idle": one message at low load costs one transaction, not a
-/// linger); only after a full batch, a sign of a backlog, does the next wait
-/// up to `batch_linger` for more to arrive.
+/// linger); only after a full batch (a backlog), or when a good part of a
+/// batch was already waiting (a stream), does it wait up to `batch_linger`
+/// for more to arrive.
 pub(super) async fn read(
     context: &QueueContext,
     channel: &Channel,
@@ -164,7 +165,8 @@ fn channel_failed(doing: &'static str) -> impl Fn(lapin::Error) -> PipelineError
 const STREAM_SHARE: usize = 8;
 
 /// Gathers the deliveries after `first` that are already here, up to the
-/// batch size; after a full batch (`backlog`), also those arriving within
+/// batch size; after a full batch (`backlog`), or when at least
+/// 1/STREAM_SHARE of a batch was here, also those arriving within
 /// `batch_linger` of the first.
 async fn fill_batch(
     first: Delivery,
