@@ -26,6 +26,21 @@ fn checkins(n: usize, poison: Option<usize>) -> Vec<Outgoing> {
         .collect()
 }
 
+/// A worker consuming through an AMQP tap whose database has just been cut
+/// off (through a proxy of the test's own).
+async fn consuming_with_the_database_cut() -> (TestEnv, AmqpTap, Proxy, RunningWorker) {
+    let env = TestEnv::new().await;
+    let tap = AmqpTap::start("127.0.0.1:5672".parse().unwrap()).await;
+    let database = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut settings = env.settings();
+    settings.broker.nodes = vec![tap.url().parse().unwrap()];
+    settings.database.config = env.db.url_via(database.addr).parse().unwrap();
+    let worker = RunningWorker::start(settings);
+    env.broker.wait_for_consumers().await;
+    database.cut();
+    (env, tap, database, worker)
+}
+
 #[tokio::test]
 async fn a_message_failing_alone_is_handed_back_with_reject_which_every_broker_counts() {
     let env = TestEnv::new().await;
@@ -62,15 +77,7 @@ async fn a_message_failing_alone_is_handed_back_with_reject_which_every_broker_c
 
 #[tokio::test]
 async fn shutdown_during_a_database_outage_releases_the_batch_with_nack_and_stops_promptly() {
-    let env = TestEnv::new().await;
-    let tap = AmqpTap::start("127.0.0.1:5672".parse().unwrap()).await;
-    let database = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let mut settings = env.settings();
-    settings.broker.nodes = vec![tap.url().parse().unwrap()];
-    settings.database.config = env.db.url_via(database.addr).parse().unwrap();
-    let worker = RunningWorker::start(settings);
-    env.broker.wait_for_consumers().await;
-    database.cut();
+    let (env, tap, _database, worker) = consuming_with_the_database_cut().await;
     env.broker.publish_checkins(&checkins(10, None)).await;
     // The batch is read and retries its write while the database is away.
     let queue = env.broker.topology.checkin_queue.clone();
@@ -102,15 +109,7 @@ async fn shutdown_during_a_database_outage_releases_the_batch_with_nack_and_stop
 
 #[tokio::test]
 async fn deliveries_waiting_behind_stuck_writes_are_nacked_on_shutdown_not_left_to_the_close() {
-    let env = TestEnv::new().await;
-    let tap = AmqpTap::start("127.0.0.1:5672".parse().unwrap()).await;
-    let database = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let mut settings = env.settings();
-    settings.broker.nodes = vec![tap.url().parse().unwrap()];
-    settings.database.config = env.db.url_via(database.addr).parse().unwrap();
-    let worker = RunningWorker::start(settings);
-    env.broker.wait_for_consumers().await;
-    database.cut();
+    let (env, tap, _database, worker) = consuming_with_the_database_cut().await;
     let queue = env.broker.topology.checkin_queue.clone();
     let all = checkins(10, None);
     // One message at a time until every write permit is held by a batch

@@ -77,21 +77,17 @@ async fn converting_a_live_table_mid_stream_loses_and_duplicates_nothing() {
     );
     // The switch built no index (writers would have waited for it): the
     // partition's primary key is the index built beforehand, concurrently.
-    let indexes: Vec<String> = client
-        .query(
+    let indexes = env
+        .db
+        .texts(
             "SELECT indexrelid::regclass::text FROM pg_index
               WHERE indrelid = 'clusters_checkins_legacy'::regclass
                 AND indkey::text = (SELECT string_agg(attnum::text, ' ' ORDER BY k.i)
                       FROM unnest(ARRAY['checkins_id', 'created_at']) WITH ORDINALITY AS k(name, i)
                       JOIN pg_attribute a ON a.attrelid = 'clusters_checkins_legacy'::regclass
                                          AND a.attname = k.name)",
-            &[],
         )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+        .await;
     assert_eq!(
         indexes,
         ["clusters_checkins_legacy_pkey"],

@@ -83,6 +83,18 @@ impl TestDb {
         DatabaseSettings::plain(url.parse::<Config>().unwrap(), 4)
     }
 
+    /// The first column of every row `sql` returns, as text.
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        self.client()
+            .await
+            .query(sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.client()
             .await
