@@ -107,17 +107,14 @@ pub async fn decide(
         QueueKind::Checkins => {
             let items = parse_all(envelopes, |e| Checkin::parse(e, limits), &mut verdicts);
             let corrected = corrections(context, &items, |c| {
-                (
-                    c.checked_in_at.corrected,
-                    c.cluster_id.as_uuid().to_string(),
-                )
+                (c.checked_in_at.corrected, c.cluster_id.as_uuid())
             });
             (write(context, &items).await, corrected)
         }
         QueueKind::Versions => {
             let items = parse_all(envelopes, |e| VersionEvent::parse(e, limits), &mut verdicts);
             let corrected = corrections(context, &items, |v| {
-                (v.published_at.corrected, v.component.as_str().to_owned())
+                (v.published_at.corrected, v.component.as_str())
             });
             (write(context, &items).await, corrected)
         }
@@ -175,11 +172,13 @@ fn parse_all<'a, T>(
     items
 }
 
-/// Logs, once per message, each publisher timestamp that was not believed.
-fn corrections<T>(
+/// Logs, once per message, each publisher timestamp that was not believed,
+/// and counts them. The subject is borrowed: formatted only when logged, not
+/// for every message of every batch.
+fn corrections<'a, T: 'a, S: std::fmt::Display + 'a>(
     context: &QueueContext,
-    items: &[Item<T>],
-    of: impl Fn(&T) -> (Option<TimeCorrection>, String),
+    items: &'a [Item<T>],
+    of: impl Fn(&'a T) -> (Option<TimeCorrection>, S),
 ) -> usize {
     let mut corrected = 0;
     for item in items {
