@@ -414,8 +414,8 @@ fn watch_dead_letters(
 }
 
 /// Closes `connection`, waiting a little for the broker's close-ok: a node
-/// that is going away may never send it, and the socket goes with the
-/// connection anyway.
+/// that is going away may never send it (lapin's heartbeat check closes the
+/// socket of a peer that stays silent).
 async fn close(connection: &Connection) {
     const CLOSE_WAIT: Duration = Duration::from_secs(5);
     let _ = tokio::time::timeout(CLOSE_WAIT, connection.close(200, "worker stopped".into())).await;
