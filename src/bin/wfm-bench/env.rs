@@ -167,6 +167,22 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
 }
 
 /// Polls `probe` every `every` until it returns true or `limit` passes.
+/// Polls `sql` (one bigint) every `every` until it reaches `at_least`. A
+/// query that fails (a table being swapped by a conversion) counts as not yet.
+pub async fn wait_for_count(
+    client: &Client,
+    what: &str,
+    sql: &str,
+    at_least: i64,
+    every: Duration,
+) -> anyhow::Result<()> {
+    poll_until(what, every, Duration::from_secs(600), || async {
+        let row = client.query_one(sql, &[]).await;
+        Ok(row.is_ok_and(|row| row.get::<_, i64>(0) >= at_least))
+    })
+    .await
+}
+
 pub async fn poll_until<F, Fut>(
     what: &str,
     every: Duration,

@@ -18,7 +18,7 @@ use wfm_worker::{
 };
 
 use crate::{
-    env::{BenchEnv, poll_until},
+    env::{BenchEnv, poll_until, wait_for_count},
     payload, procfs,
 };
 
@@ -204,14 +204,12 @@ pub async fn worker_drain_with(
         Backlog::Checkins => "SELECT coalesce(max(checkins_id), 0) FROM clusters_checkins",
         Backlog::Versions => "SELECT coalesce(max(version_id), 0) FROM versions",
     };
-    poll_until(
+    wait_for_count(
+        &client,
         "the backlog to be stored",
+        newest,
+        count as i64,
         Duration::from_millis(10),
-        Duration::from_secs(600),
-        || async {
-            let row = client.query_one(newest, &[]).await;
-            Ok(row.is_ok_and(|row| row.get::<_, i64>(0) >= count as i64))
-        },
     )
     .await?;
     let rate = count as f64 / started.elapsed().as_secs_f64();
@@ -278,23 +276,11 @@ pub fn spawn_worker(
     exe: &Path,
     batch_size: usize,
 ) -> anyhow::Result<tokio::process::Child> {
-    spawn_worker_at(env, exe, batch_size, &env.amqp_url, None, "wfm-worker")
+    Ok(worker_command(env, exe, batch_size, &env.amqp_url, None, "wfm-worker")?.spawn()?)
 }
 
 /// The worker on the brokers `amqp_urls` (WFM_AMQP_URL), serving HTTP on
 /// `http` when given, its connection named `name`.
-pub fn spawn_worker_at(
-    env: &BenchEnv,
-    exe: &Path,
-    batch_size: usize,
-    amqp_urls: &str,
-    http: Option<std::net::SocketAddr>,
-    name: &str,
-) -> anyhow::Result<tokio::process::Child> {
-    Ok(worker_command(env, exe, batch_size, amqp_urls, http, name)?.spawn()?)
-}
-
-/// The command [`spawn_worker_at`] runs.
 pub fn worker_command(
     env: &BenchEnv,
     exe: &Path,

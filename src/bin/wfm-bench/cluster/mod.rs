@@ -21,10 +21,10 @@ mod load;
 use load::{Progress, Publisher};
 
 use crate::{
-    env::{BenchEnv, poll_until},
+    env::{BenchEnv, poll_until, wait_for_count},
     nodes::Nodes,
     payload,
-    phases::{Limits, spawn_worker_at, stop},
+    phases::{Limits, stop, worker_command},
 };
 
 pub struct Recovery {
@@ -57,25 +57,16 @@ pub async fn drain(
         } else {
             nodes.url(w % nodes.nodes.len())
         };
-        running.push(spawn_worker_at(
-            &env,
-            exe,
-            limits.batch_size,
-            &urls,
-            None,
-            &format!("w{w}"),
-        )?);
+        running.push(
+            worker_command(&env, exe, limits.batch_size, &urls, None, &format!("w{w}"))?.spawn()?,
+        );
     }
-    poll_until(
+    wait_for_count(
+        &client,
         "the backlog to be stored",
+        "SELECT count(*) FROM clusters_checkins",
+        count as i64,
         Duration::from_millis(10),
-        Duration::from_secs(600),
-        || async {
-            let row = client
-                .query_one("SELECT count(*) FROM clusters_checkins", &[])
-                .await?;
-            Ok(row.get::<_, i64>(0) >= count as i64)
-        },
     )
     .await?;
     let rate = count as f64 / started.elapsed().as_secs_f64();
@@ -146,7 +137,8 @@ pub async fn recovery(
     let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let name = format!("{}-recovery", env.topology.exchange);
     let urls = nodes.urls([0, 1]);
-    let mut worker = spawn_worker_at(&env, exe, limits.batch_size, &urls, Some(addr), &name)?;
+    let mut worker =
+        worker_command(&env, exe, limits.batch_size, &urls, Some(addr), &name)?.spawn()?;
     wait_ready(addr, true).await?;
     let progress = Progress::watch(env.client().await?);
     let mut confirmed = 0;
@@ -196,19 +188,12 @@ pub async fn recovery(
     progress.stop();
     // Every confirmed message stored before the worker stops (a graceful stop
     // hands back deliveries not yet in a batch).
-    poll_until(
+    wait_for_count(
+        &client,
         "every confirmed checkin to be stored",
+        "SELECT count(DISTINCT message_id) FROM clusters_checkins",
+        confirmed as i64,
         Duration::from_millis(50),
-        Duration::from_secs(60),
-        || async {
-            let row = client
-                .query_one(
-                    "SELECT count(DISTINCT message_id) FROM clusters_checkins",
-                    &[],
-                )
-                .await?;
-            Ok(row.get::<_, i64>(0) >= confirmed as i64)
-        },
     )
     .await?;
     stop(&mut worker).await?;

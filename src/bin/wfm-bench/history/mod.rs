@@ -33,7 +33,7 @@ mod report;
 pub use report::report;
 
 use crate::{
-    env::{BenchEnv, poll_until},
+    env::{BenchEnv, wait_for_count},
     pairs::Pairs,
     payload,
     phases::{Limits, spawn_worker, stop},
@@ -77,7 +77,15 @@ async fn drain(
     let churn = tokio::spawn(churn(env.database(1), env.db_url(), churning.clone()));
     let started = Instant::now();
     let mut worker = spawn_worker(&env, exe, limits.batch_size)?;
-    wait_for_rows(&client, count as i64).await?;
+    // The highest id: an index lookup, while maintenance swaps partitions.
+    wait_for_count(
+        &client,
+        "the backlog to be stored",
+        "SELECT coalesce(max(checkins_id), 0) FROM clusters_checkins",
+        count as i64,
+        Duration::from_millis(10),
+    )
+    .await?;
     let rate = count as f64 / started.elapsed().as_secs_f64();
     churning.store(false, Ordering::Relaxed);
     let cycles = churn.await??;
@@ -154,24 +162,6 @@ async fn churn(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     Ok(cycles)
-}
-
-async fn wait_for_rows(client: &Client, count: i64) -> anyhow::Result<()> {
-    poll_until(
-        "the backlog to be stored",
-        Duration::from_millis(10),
-        Duration::from_secs(600),
-        || async {
-            let row = client
-                .query_one(
-                    "SELECT coalesce(max(checkins_id), 0) FROM clusters_checkins",
-                    &[],
-                )
-                .await;
-            Ok(row.is_ok_and(|row| row.get::<_, i64>(0) >= count))
-        },
-    )
-    .await
 }
 
 /// (9): time and WAL bytes of removing one day of `rows` checkins.
@@ -287,7 +277,14 @@ pub async fn convert_while_ingesting(
     publishing.store(false, Ordering::Relaxed);
     let (longest_pause, pause_began) = monitor.await??;
     let ingested = publisher.await?? as i64;
-    wait_for_rows_counted(&client, rows + ingested).await?;
+    wait_for_count(
+        &client,
+        "the ingested checkins to be stored",
+        "SELECT count(*) FROM clusters_checkins",
+        rows + ingested,
+        Duration::from_millis(200),
+    )
+    .await?;
     stop(&mut worker).await?;
     let row = client
         .query_one(
@@ -314,21 +311,6 @@ pub async fn convert_while_ingesting(
         switch_ms: report.switch.as_secs_f64() * 1000.0,
         switch_attempts: report.attempts,
     })
-}
-
-async fn wait_for_rows_counted(client: &Client, count: i64) -> anyhow::Result<()> {
-    poll_until(
-        "the ingested checkins to be stored",
-        Duration::from_millis(200),
-        Duration::from_secs(600),
-        || async {
-            let row = client
-                .query_one("SELECT count(*) FROM clusters_checkins", &[])
-                .await?;
-            Ok(row.get::<_, i64>(0) >= count)
-        },
-    )
-    .await
 }
 
 /// Publishes `rate` checkins a second (unique ids) until `publishing` ends;
