@@ -10,7 +10,7 @@ use tokio::sync::Mutex;
 use crate::support::{
     RunningWorker, TestEnv,
     node::PrivateBroker,
-    scenario::{Copies, scenario},
+    scenario::{Copies, Scenario, scenario},
     wait_until,
 };
 
@@ -74,6 +74,25 @@ fn all_nodes(cluster: &PrivateBroker, except: Option<usize>) -> Vec<lapin::uri::
         .collect()
 }
 
+/// The node went down with some, not all, of the backlog stored.
+async fn assert_struck_mid_stream(env: &TestEnv) {
+    let stored = env.stored().await;
+    assert!(
+        stored > 0 && stored < TOTAL as i64 - 100,
+        "struck mid-stream: {stored}"
+    );
+}
+
+/// Every valid message stored once, every invalid one dead-lettered (a copy
+/// may repeat from the window the fault struck in), the worker still
+/// working; then it stops cleanly.
+async fn ends_with_every_message_stored(env: &TestEnv, scenario: &Scenario, worker: RunningWorker) {
+    env.assert_scenario_outcome(scenario, Copies::AtLeastOnce)
+        .await;
+    env.assert_still_working().await;
+    worker.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_node_a_worker_is_connected_to_stops_mid_stream_and_nothing_is_lost() {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
@@ -91,11 +110,7 @@ async fn the_node_a_worker_is_connected_to_stops_mid_stream_and_nothing_is_lost(
         .await
         .expect("the worker's connection");
     cluster.stop_node(node).await;
-    let stored = env.stored().await;
-    assert!(
-        stored > 0 && stored < TOTAL as i64 - 100,
-        "struck mid-stream: {stored}"
-    );
+    assert_struck_mid_stream(&env).await;
     env.broker.reconnect(&cluster.url(2)).await;
     wait_until(
         "the worker on the other node",
@@ -107,10 +122,7 @@ async fn the_node_a_worker_is_connected_to_stops_mid_stream_and_nothing_is_lost(
         },
     )
     .await;
-    env.assert_scenario_outcome(&scenario, Copies::AtLeastOnce)
-        .await;
-    env.assert_still_working().await;
-    worker.stop().await.unwrap();
+    ends_with_every_message_stored(&env, &scenario, worker).await;
 }
 
 #[tokio::test]
@@ -131,21 +143,14 @@ async fn the_node_leading_a_work_queue_stops_mid_stream_and_nothing_is_lost() {
     let worker = RunningWorker::start(settings);
     env.wait_for_progress(500).await;
     cluster.stop_node(leader).await;
-    let stored = env.stored().await;
-    assert!(
-        stored > 0 && stored < TOTAL as i64 - 100,
-        "struck mid-stream: {stored}"
-    );
+    assert_struck_mid_stream(&env).await;
     wait_until("a new leader", Duration::from_secs(30), || async {
         leader_of(&cluster, handle, &queue)
             .await
             .is_some_and(|l| l != leader)
     })
     .await;
-    env.assert_scenario_outcome(&scenario, Copies::AtLeastOnce)
-        .await;
-    env.assert_still_working().await;
-    worker.stop().await.unwrap();
+    ends_with_every_message_stored(&env, &scenario, worker).await;
 }
 
 #[tokio::test]
