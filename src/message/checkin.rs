@@ -3,15 +3,13 @@
 //! Only the fields with rules are read; the document itself is stored verbatim,
 //! so fields this worker does not know are kept, never dropped.
 
-use std::borrow::Cow;
-
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{
     ClusterId, Envelope, EventTime, Limits, Rejection,
     json::parse_object,
-    shape::{Components, check_date_time},
+    shape::{Components, Text, check_date_time},
 };
 
 /// A checkin that is fit to store.
@@ -80,11 +78,11 @@ impl<'a> MessageKey<'a> {
 #[derive(Deserialize)]
 struct WireCheckin<'a> {
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Text<'a>>,
     #[serde(borrow, default, rename = "firstSeen")]
-    first_seen: Option<Cow<'a, str>>,
+    first_seen: Option<Text<'a>>,
     #[serde(borrow, default, rename = "lastSeen")]
-    last_seen: Option<Cow<'a, str>>,
+    last_seen: Option<Text<'a>>,
     #[serde(default)]
     components: Option<Components>,
 }

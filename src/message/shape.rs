@@ -6,11 +6,11 @@
 //! and with it every API call that reads it. So each field a reader decodes is
 //! checked here, with its type; everything else passes through untouched.
 
-use std::{borrow::Cow, fmt, marker::PhantomData};
+use std::{borrow::Cow, fmt, marker::PhantomData, ops::Deref};
 
 use serde::{
     Deserialize, Deserializer,
-    de::{MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer},
+    de::{Error, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer},
 };
 use serde_json::value::RawValue;
 
@@ -39,37 +39,96 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
     }
 }
 
+/// A JSON string, borrowed from the document unless it holds escapes.
+///
+/// Not `Option<Cow<str>>`: serde borrows a `Cow` only as a field of its own;
+/// inside an `Option` it always allocates, and a checkin has ~75 strings
+/// (wfm-bench's profile counted 75 allocations per message from them).
+#[derive(Debug)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Chars;
+        impl<'de> Visitor<'de> for Chars {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: Error>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(text))
+            }
+            fn visit_str<E: Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(text.to_owned()))
+            }
+            fn visit_string<E: Error>(self, text: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(text))
+            }
+        }
+        deserializer.deserialize_str(Chars).map(Text)
+    }
+}
+
+/// A JSON string whose value nobody here reads: its type is checked, its
+/// characters are never copied (escapes are decoded into serde_json's scratch
+/// buffer, reused).
+#[derive(Debug)]
+pub struct AnyText;
+
+impl<'de> Deserialize<'de> for AnyText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Chars;
+        impl Visitor<'_> for Chars {
+            type Value = AnyText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: Error>(self, _: &str) -> Result<AnyText, E> {
+                Ok(AnyText)
+            }
+        }
+        deserializer.deserialize_str(Chars)
+    }
+}
+
 /// `models.Component`.
 #[derive(Debug, Deserialize)]
 pub struct Component<'a> {
     #[serde(borrow, default)]
-    pub name: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "description")]
-    _description: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "type")]
-    _kind: Option<Cow<'a, str>>,
+    pub name: Option<Text<'a>>,
+    #[serde(default, rename = "description")]
+    _description: Option<AnyText>,
+    #[serde(default, rename = "type")]
+    _kind: Option<AnyText>,
 }
 
 /// `models.Version`. `data` is kept raw: version events store it verbatim.
 #[derive(Deserialize, Default)]
 pub struct Version<'a> {
     #[serde(borrow, default)]
-    pub train: Option<Cow<'a, str>>,
+    pub train: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub version: Option<Cow<'a, str>>,
+    pub version: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub released: Option<Cow<'a, str>>,
+    pub released: Option<Text<'a>>,
     #[serde(borrow, default)]
     pub data: Option<&'a RawValue>,
 }
 
 /// `models.Data`.
 #[derive(Deserialize)]
-struct Data<'a> {
-    #[serde(borrow, default, rename = "description")]
-    _description: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "fixes")]
-    _fixes: Option<Cow<'a, str>>,
+struct Data {
+    #[serde(default, rename = "description")]
+    _description: Option<AnyText>,
+    #[serde(default, rename = "fixes")]
+    _fixes: Option<AnyText>,
 }
 
 impl Version<'_> {
@@ -78,7 +137,7 @@ impl Version<'_> {
     /// component of every checkin).
     pub fn check_data(&self, path: impl FnOnce() -> String) -> Result<(), Rejection> {
         let Some(raw) = self.data else { return Ok(()) };
-        serde_json::from_str::<Object<Data<'_>>>(raw.get())
+        serde_json::from_str::<Object<Data>>(raw.get())
             .map(drop)
             .map_err(|e| Rejection::invalid(format!("`{}`: {e}", path())))
     }
@@ -89,24 +148,24 @@ impl Version<'_> {
 pub struct ComponentVersion<'a> {
     #[serde(borrow, default)]
     pub component: Option<Object<Component<'a>>>,
-    #[serde(borrow, default, rename = "version")]
-    _version: Option<Object<ComponentRelease<'a>>>,
-    #[serde(borrow, default, rename = "updateAvailable")]
-    _update_available: Option<Cow<'a, str>>,
+    #[serde(default, rename = "version")]
+    _version: Option<Object<ComponentRelease>>,
+    #[serde(default, rename = "updateAvailable")]
+    _update_available: Option<AnyText>,
 }
 
 /// `models.Version` inside a checkin: nothing of it is kept, so `data` is
 /// checked as `models.Data` while it is read, not captured and read again.
 #[derive(Deserialize)]
-pub struct ComponentRelease<'a> {
-    #[serde(borrow, default, rename = "train")]
-    _train: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "version")]
-    _version: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "released")]
-    _released: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "data")]
-    _data: Option<Object<Data<'a>>>,
+pub struct ComponentRelease {
+    #[serde(default, rename = "train")]
+    _train: Option<AnyText>,
+    #[serde(default, rename = "version")]
+    _version: Option<AnyText>,
+    #[serde(default, rename = "released")]
+    _released: Option<AnyText>,
+    #[serde(default, rename = "data")]
+    _data: Option<Object<Data>>,
 }
 
 /// A checkin's `components`, each checked as it is read and none kept: the
@@ -161,6 +220,23 @@ pub fn check_date_time(value: Option<&str>, field: &str) -> Result<(), Rejection
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_borrows_from_the_document_unless_it_holds_escapes() {
+        let plain: Text<'_> = serde_json::from_str(r#""deis-router""#).unwrap();
+        assert!(matches!(plain.0, Cow::Borrowed("deis-router")));
+        let escaped: Text<'_> = serde_json::from_str(r#""deis\u002drouter""#).unwrap();
+        assert!(matches!(escaped.0, Cow::Owned(ref s) if s == "deis-router"));
+    }
+
+    #[test]
+    fn strings_nobody_reads_are_still_checked_to_be_strings() {
+        assert!(serde_json::from_str::<AnyText>(r#""with \"escapes\"""#).is_ok());
+        let err = serde_json::from_str::<AnyText>("5").unwrap_err();
+        assert!(err.to_string().contains("expected a string"), "{err}");
+        let err = serde_json::from_str::<Text<'_>>("{}").unwrap_err();
+        assert!(err.to_string().contains("expected a string"), "{err}");
+    }
 
     #[test]
     fn an_array_is_not_an_object() {

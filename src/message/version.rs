@@ -1,7 +1,5 @@
 //! A component version event: the older API's `ComponentVersion` document.
 
-use std::borrow::Cow;
-
 use chrono::{DateTime, NaiveDateTime};
 use serde::Deserialize;
 
@@ -42,13 +40,16 @@ impl<'a> VersionEvent<'a> {
         let document = envelope.text(limits.max_bytes)?;
         let wire: WireVersionEvent<'_> =
             parse_object(document, "a version event", limits.max_json_depth)?;
-        let component =
-            ComponentName::parse(wire.component.and_then(|c| c.0.name).map(Cow::into_owned))?;
+        let component = ComponentName::parse(
+            wire.component
+                .and_then(|c| c.0.name)
+                .map(|n| n.0.into_owned()),
+        )?;
         let version = wire.version.map(|v| v.0).unwrap_or_default();
         version.check_data(|| "version.data".into())?;
         let data = version.data.map_or("null", |raw| raw.get());
-        let train = TrainName::parse(version.train.map(Cow::into_owned))?;
-        let version_name = VersionName::parse(version.version.map(Cow::into_owned))?;
+        let train = TrainName::parse(version.train.map(|t| t.0.into_owned()))?;
+        let version_name = VersionName::parse(version.version.map(|v| v.0.into_owned()))?;
         let released = version
             .released
             .ok_or_else(|| Rejection::invalid("`version.released` is missing"))?;
