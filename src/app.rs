@@ -278,7 +278,7 @@ impl Worker<'_> {
         {
             Ok(Some(connection)) => connection,
             stopped_or_failed => {
-                close(&connection).await;
+                broker::close(&connection).await;
                 return stopped_or_failed.map(|_| ());
             }
         };
@@ -287,8 +287,8 @@ impl Worker<'_> {
             .consume_on(pool, &connection, &dead_letter_connection, retry)
             .await;
         self.readiness.set_broker_connected(false);
-        close(&connection).await;
-        close(&dead_letter_connection).await;
+        broker::close(&connection).await;
+        broker::close(&dead_letter_connection).await;
         result
     }
 
@@ -366,7 +366,7 @@ impl Worker<'_> {
         retry.reset();
         tracing::info!("connected and consuming");
         let sampler = tokio::spawn(gauges::sample(
-            sampling,
+            sampling.clone(),
             pool.clone(),
             topology.clone(),
             stop.clone(),
@@ -377,6 +377,7 @@ impl Worker<'_> {
         // Only gauges: not worth waiting for a broker that does not answer.
         sampler.abort();
         let _ = sampler.await;
+        broker::close_channels(&[&sampling, dead_letters.channel()]).await;
         result
     }
 }
@@ -411,12 +412,4 @@ fn watch_dead_letters(
         blocked.set(0.0);
         result
     }
-}
-
-/// Closes `connection`, waiting a little for the broker's close-ok: a node
-/// that is going away may never send it (lapin's heartbeat check closes the
-/// socket of a peer that stays silent).
-async fn close(connection: &Connection) {
-    const CLOSE_WAIT: Duration = Duration::from_secs(5);
-    let _ = tokio::time::timeout(CLOSE_WAIT, connection.close(200, "worker stopped".into())).await;
 }

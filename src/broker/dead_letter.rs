@@ -84,6 +84,11 @@ impl DeadLetters {
         })
     }
 
+    /// The publishing channel, for closing it before its connection.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
     /// Publishes the copy (persistent, mandatory); await the answer with [`confirmed`].
     pub async fn publish(&self, letter: DeadLetter<'_>) -> Result<PublisherConfirm, CopyRefused> {
         let properties = letter

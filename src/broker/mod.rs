@@ -8,7 +8,10 @@ mod connection;
 mod dead_letter;
 mod topology;
 
-pub use connection::{confirm_channel, connect, connect_for_copies, open_consumer, watch_blocking};
+pub use connection::{
+    close, close_channels, confirm_channel, connect, connect_for_copies, open_consumer,
+    watch_blocking,
+};
 pub use dead_letter::{
     CopyRefused, DeadLetter, DeadLetters, confirmed, encoded_len, headers as dead_letter_headers,
 };
