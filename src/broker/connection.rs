@@ -189,10 +189,12 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Closes channels that would otherwise be dropped open. lapin closes a
 /// dropped open channel in the background; when that races the close of its
 /// connection, the channel's close fails and lapin logs a connection ERROR at
-/// a clean shutdown (a third of them, before this).
+/// a clean shutdown (a third of them, before this). Channels of a failed
+/// connection are already closed: nothing to wait for before reconnecting.
 pub async fn close_channels(channels: &[&Channel]) {
     let closing = channels
         .iter()
+        .filter(|channel| channel.status().connected())
         .map(|channel| channel.close(200, "worker stopped".into()));
     let _ = tokio::time::timeout(CLOSE_WAIT, futures_util::future::join_all(closing)).await;
 }
