@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use crate::support::{
     Outgoing, RunningWorker, TestEnv,
-    amqp_tap::{AmqpTap, Method},
+    amqp_tap::{Ack, AmqpTap, Method},
     checkin_body,
     proxy::Proxy,
-    wait_until,
 };
 
 fn checkins(n: usize, poison: Option<usize>) -> Vec<Outgoing> {
@@ -24,6 +23,13 @@ fn checkins(n: usize, poison: Option<usize>) -> Vec<Outgoing> {
             Outgoing::new(checkin_body(&cluster, &marker)).id(format!("m-{i}"))
         })
         .collect()
+}
+
+/// How many `basic.nack(requeue)` frames the worker sent.
+fn requeued_nacks(acks: &[Ack]) -> usize {
+    acks.iter()
+        .filter(|a| a.method == Method::Nack && a.requeue)
+        .count()
 }
 
 /// A worker consuming through an AMQP tap whose database has just been cut
@@ -81,10 +87,9 @@ async fn shutdown_during_a_database_outage_releases_the_batch_with_nack_and_stop
     env.broker.publish_checkins(&checkins(10, None)).await;
     // The batch is read and retries its write while the database is away.
     let queue = env.broker.topology.checkin_queue.clone();
-    wait_until("the batch to be taken", Duration::from_secs(10), || async {
-        env.broker.ready(&queue).await == 0
-    })
-    .await;
+    env.broker
+        .wait_for_ready(&queue, 0, "the batch to be taken")
+        .await;
     let stopping = tokio::time::Instant::now();
     worker.stop().await.unwrap();
     assert!(
@@ -93,18 +98,12 @@ async fn shutdown_during_a_database_outage_releases_the_batch_with_nack_and_stop
         stopping.elapsed()
     );
     let acks = tap.acks();
-    let nacked = acks
-        .iter()
-        .filter(|a| a.method == Method::Nack && a.requeue)
-        .count();
+    let nacked = requeued_nacks(&acks);
     assert_eq!(nacked, 10, "every message released: {acks:?}");
     assert!(acks.iter().all(|a| a.method == Method::Nack), "{acks:?}");
-    wait_until(
-        "the messages to be back",
-        Duration::from_secs(10),
-        || async { env.broker.ready(&queue).await == 10 },
-    )
-    .await;
+    env.broker
+        .wait_for_ready(&queue, 10, "the messages to be back")
+        .await;
 }
 
 #[tokio::test]
@@ -116,29 +115,19 @@ async fn deliveries_waiting_behind_stuck_writes_are_nacked_on_shutdown_not_left_
     // retrying against the cut database; the rest wait in the client.
     for one in all.chunks(1).take(2) {
         env.broker.publish_checkins(one).await;
-        wait_until("the batch to be taken", Duration::from_secs(10), || async {
-            env.broker.ready(&queue).await == 0
-        })
-        .await;
+        env.broker
+            .wait_for_ready(&queue, 0, "the batch to be taken")
+            .await;
     }
     env.broker.publish_checkins(&all[2..]).await;
-    wait_until(
-        "the rest to be delivered",
-        Duration::from_secs(10),
-        || async { env.broker.ready(&queue).await == 0 },
-    )
-    .await;
+    env.broker
+        .wait_for_ready(&queue, 0, "the rest to be delivered")
+        .await;
     worker.stop().await.unwrap();
     let acks = tap.acks();
-    let nacked = acks
-        .iter()
-        .filter(|a| a.method == Method::Nack && a.requeue)
-        .count();
+    let nacked = requeued_nacks(&acks);
     assert_eq!(nacked, 10, "batched and buffered alike released: {acks:?}");
-    wait_until(
-        "the messages to be back",
-        Duration::from_secs(10),
-        || async { env.broker.ready(&queue).await == 10 },
-    )
-    .await;
+    env.broker
+        .wait_for_ready(&queue, 10, "the messages to be back")
+        .await;
 }

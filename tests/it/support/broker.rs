@@ -244,6 +244,14 @@ impl TestBroker {
         queue.message_count()
     }
 
+    /// Waits until `queue` holds exactly `expected` ready messages.
+    pub async fn wait_for_ready(&self, queue: &str, expected: u32, what: &str) {
+        super::wait_until(what, std::time::Duration::from_secs(10), || async {
+            self.ready(queue).await == expected
+        })
+        .await;
+    }
+
     /// Takes one message from the checkin queue (acking it), if there is one.
     pub async fn get_checkin(&self) -> Option<BasicGetMessage> {
         self.channel
