@@ -43,9 +43,16 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
 ///
 /// Not `Option<Cow<str>>`: serde borrows a `Cow` only as a field of its own;
 /// inside an `Option` it always allocates, and a checkin has ~75 strings
-/// (wfm-bench's profile counted 75 allocations per message from them).
+/// (a heaptrack profile counted 75 allocations per message from them).
 #[derive(Debug)]
 pub struct Text<'a>(pub Cow<'a, str>);
+
+impl Text<'_> {
+    /// For a domain type that keeps the value.
+    pub fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
 
 impl Deref for Text<'_> {
     type Target = str;

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::{
     ComponentName, Envelope, EventTime, Limits, Rejection, TrainName, VersionName,
     json::parse_object,
-    shape::{Component, Object, Version},
+    shape::{Component, Object, Text, Version},
 };
 
 /// A version event that is fit to store. Its key is (component, train, version).
@@ -40,16 +40,13 @@ impl<'a> VersionEvent<'a> {
         let document = envelope.text(limits.max_bytes)?;
         let wire: WireVersionEvent<'_> =
             parse_object(document, "a version event", limits.max_json_depth)?;
-        let component = ComponentName::parse(
-            wire.component
-                .and_then(|c| c.0.name)
-                .map(|n| n.0.into_owned()),
-        )?;
+        let component =
+            ComponentName::parse(wire.component.and_then(|c| c.0.name).map(Text::into_owned))?;
         let version = wire.version.map(|v| v.0).unwrap_or_default();
         version.check_data(|| "version.data".into())?;
         let data = version.data.map_or("null", |raw| raw.get());
-        let train = TrainName::parse(version.train.map(|t| t.0.into_owned()))?;
-        let version_name = VersionName::parse(version.version.map(|v| v.0.into_owned()))?;
+        let train = TrainName::parse(version.train.map(Text::into_owned))?;
+        let version_name = VersionName::parse(version.version.map(Text::into_owned))?;
         let released = version
             .released
             .ok_or_else(|| Rejection::invalid("`version.released` is missing"))?;
