@@ -166,7 +166,6 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-/// Polls `probe` every `every` until it returns true or `limit` passes.
 /// Polls `sql` (one bigint) every `every` until it reaches `at_least`. A
 /// query that fails (a table being swapped by a conversion) counts as not yet.
 pub async fn wait_for_count(
@@ -183,6 +182,7 @@ pub async fn wait_for_count(
     .await
 }
 
+/// Polls `probe` every `every` until it returns true or `limit` passes.
 pub async fn poll_until<F, Fut>(
     what: &str,
     every: Duration,

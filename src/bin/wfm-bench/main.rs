@@ -335,13 +335,10 @@ async fn print_report(args: &Args, runs: &[Run]) {
         "| 3/2 | {over_database:.2} | ≥ 1.0: {} |",
         verdict(over_database, over_database >= 1.0)
     );
+    let over_single = m(&|r| r.backlog / r.single);
     println!(
-        "| 3/4 | {:.1} | ≥ 10: {} |",
-        m(&|r| r.backlog / r.single),
-        verdict(
-            m(&|r| r.backlog / r.single),
-            m(&|r| r.backlog / r.single) >= 10.0
-        )
+        "| 3/4 | {over_single:.1} | ≥ 10: {} |",
+        verdict(over_single, over_single >= 10.0)
     );
     println!(
         "| 3/L | {over_serial:.2} | ≥ 1.3: {} |",
