@@ -40,18 +40,7 @@ pub fn guard(text: &str, max_depth: usize) -> Result<(), Rejection> {
 /// input, for serde to report), checking each `\u` escape on the way.
 fn string_end(bytes: &[u8], mut i: usize) -> Result<usize, Rejection> {
     loop {
-        // Most strings are short (keys, names): a plain loop finds their end
-        // sooner than a vector search can start; long ones are searched.
-        let short = bytes.len().min(i + 32);
-        let found = match bytes[i.min(short)..short]
-            .iter()
-            .position(|b| matches!(b, b'"' | b'\\'))
-        {
-            Some(at) => Some(i + at),
-            None if short == bytes.len() => None,
-            None => memchr::memchr2(b'"', b'\\', &bytes[short..]).map(|at| short + at),
-        };
-        let Some(at) = found else {
+        let Some(at) = quote_or_backslash(bytes, i) else {
             return Ok(bytes.len());
         };
         i = at;
@@ -61,6 +50,44 @@ fn string_end(bytes: &[u8], mut i: usize) -> Result<usize, Rejection> {
             _ => i += 2,
         }
     }
+}
+
+/// How far a string is scanned a word at a time before the vector search takes
+/// over: most strings (keys, names, ids, times) end within it, sooner than
+/// `memchr` can start.
+const WORD_SCAN: usize = 64;
+
+/// Index of the first `"` or `\` at or after `from`. The guard spends its time
+/// here: eight bytes per step (a branch per byte was ~7 % of the worker's CPU).
+fn quote_or_backslash(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    let words_end = bytes.len().min(from.saturating_add(WORD_SCAN));
+    while i + 8 <= words_end {
+        let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("eight bytes"));
+        let found = bytes_equal(word, b'"') | bytes_equal(word, b'\\');
+        if found != 0 {
+            return Some(i + found.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    if words_end == bytes.len() {
+        let rest = bytes.get(i..)?;
+        return rest
+            .iter()
+            .position(|b| matches!(b, b'"' | b'\\'))
+            .map(|at| i + at);
+    }
+    memchr::memchr2(b'"', b'\\', &bytes[i..]).map(|at| i + at)
+}
+
+/// The high bit of each byte of `word` equal to `byte` (little-endian lanes).
+/// Exact for the lowest such byte, which is all [`quote_or_backslash`] reads:
+/// a lane above a match may be flagged by the borrow, never one below it.
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGHS
 }
 
 /// Checks the `\uXXXX` escape at `i` (and the low half of a surrogate pair);
@@ -188,6 +215,35 @@ mod tests {
         let nested = format!(r#"{{"x":"{long}[[[[","y":[[[[]]]]}}"#);
         assert!(guard(&nested, 5).is_ok());
         assert!(guard(&nested, 4).is_err());
+    }
+
+    #[test]
+    fn the_word_scan_finds_the_first_quote_or_backslash_wherever_it_is() {
+        // Every length around the word and vector boundaries, every position,
+        // with multi-byte UTF-8 and bytes one off the targets around it.
+        let filler = ["a", "é", "#", "]", "!"];
+        for len in 0..(WORD_SCAN + 24) {
+            for fill in filler {
+                let text: Vec<u8> = fill.bytes().cycle().take(len).collect();
+                assert_eq!(quote_or_backslash(&text, 0), None, "{len} {fill}");
+                for at in 0..len {
+                    for target in [b'"', b'\\'] {
+                        let mut text = text.clone();
+                        text[at] = target;
+                        if let Some(later) = text.get_mut(at + 3) {
+                            *later = b'"';
+                        }
+                        for from in [0, at / 2, at] {
+                            assert_eq!(
+                                quote_or_backslash(&text, from),
+                                Some(at),
+                                "{len} {at} {from}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
