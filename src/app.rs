@@ -251,8 +251,9 @@ impl Worker<'_> {
 
     async fn consume_retrying(&self, pool: &Pool) -> Result<(), RunError> {
         let mut retry = Retry::new(self.settings, self.shutdown, "consume");
+        let mut frames = broker::ConsumingFrames::Default;
         loop {
-            let Err(error) = self.consume(pool, &mut retry).await else {
+            let Err(error) = self.consume(pool, &mut retry, &mut frames).await else {
                 return Ok(());
             };
             if !retry.after(error).await? {
@@ -262,15 +263,27 @@ impl Worker<'_> {
     }
 
     /// One broker connection's life (and its dead-letter connection's):
-    /// topology, consumers, supervision. Returns Ok only on shutdown.
-    async fn consume(&self, pool: &Pool, retry: &mut Retry<'_>) -> Result<(), RunError> {
+    /// topology, consumers, supervision. Returns Ok only on shutdown. A
+    /// connection that failed on a frame larger than it asked for is followed
+    /// by one that asks for the broker's size.
+    async fn consume(
+        &self,
+        pool: &Pool,
+        retry: &mut Retry<'_>,
+        frames: &mut broker::ConsumingFrames,
+    ) -> Result<(), RunError> {
         let broker = &self.settings.broker;
         let Some(connection) = self
-            .unless_shutdown(broker::connect(broker, &broker.connection_name))
+            .unless_shutdown(broker::connect_consuming(
+                broker,
+                &broker.connection_name,
+                *frames,
+            ))
             .await?
         else {
             return Ok(());
         };
+        let mut refusals = broker::FrameRefusals::follow(&connection);
         let dead_letter_name = format!("{} dead letters", broker.connection_name);
         let dead_letter_connection = match self
             .unless_shutdown(broker::connect_for_copies(broker, &dead_letter_name))
@@ -287,6 +300,13 @@ impl Worker<'_> {
             .consume_on(pool, &connection, &dead_letter_connection, retry)
             .await;
         self.readiness.set_broker_connected(false);
+        if result.is_err() && refusals.refused() && *frames != broker::ConsumingFrames::Brokers {
+            tracing::warn!(
+                asked = connection.configuration().frame_max(),
+                "a frame larger than the connection asked for arrived (the broker allows larger ones); reconnecting with the broker's frame size"
+            );
+            *frames = broker::ConsumingFrames::Brokers;
+        }
         broker::close(&connection).await;
         broker::close(&dead_letter_connection).await;
         result

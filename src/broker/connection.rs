@@ -2,9 +2,9 @@
 //! queue's prefetch and acks never interfere with another's), and following a
 //! connection's health.
 
-use std::time::Duration;
+use std::{pin::Pin, time::Duration};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, Stream, StreamExt};
 use lapin::{
     Channel, Connection, ConnectionProperties, Consumer, Event,
     options::{BasicConsumeOptions, BasicQosOptions},
@@ -24,18 +24,78 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// and the management UI) to one of the broker's nodes, trying them in a
 /// shuffled order: replicas spread over a cluster's nodes, and a dead node
 /// costs at most [`CONNECT_TIMEOUT`]. `amqps://` URLs use rustls, trusting the
-/// CAs of `ca_file` (WFM_AMQP_CA_FILE) besides the system's.
+/// CAs of `ca_file` (WFM_AMQP_CA_FILE) besides the system's. The frame size is
+/// the broker's (or the URL's `frame_max`).
 pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, BrokerError> {
-    connect_with_frame_max(settings, name, None).await
+    connect_asking(settings, name, FrameAsk::Brokers).await
 }
 
-/// Frames of the dead-letter connection, at most. lapin keeps 32 frames of
-/// send and 32 of receive buffer per connection, all touched at start: 8 MiB
-/// at RabbitMQ's default `frame_max` (128 KiB), 2 MiB at this. That connection
-/// only publishes copies, whose headers [`super::DeadLetters`] fits to the
-/// frame size it negotiated (bodies span frames). The consuming connection
-/// keeps the broker's frame size: it must take any message a publisher could
-/// send, and a content header frame cannot be split.
+/// RabbitMQ's default `frame_max`, the same in 3.x and 4.x (131072 bytes).
+pub const DEFAULT_FRAME_MAX: u32 = 128 * 1024;
+
+/// The frame size the worker's consuming connection asks for.
+///
+/// lapin keeps 32 frames of buffer each way per connection, sized from what
+/// the connection *asked*: asking nothing, it allocates them at the smallest
+/// frame and, once the broker names its size, grows them to it, writing zeros
+/// through all 8 MiB (at 128 KiB frames); asking the size the broker then
+/// grants, it allocates them once, and a page is resident only once used (the
+/// send side, carrying acks, hardly ever): ~6 MiB less at peak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumingFrames {
+    /// [`DEFAULT_FRAME_MAX`], or the URL's `frame_max`.
+    Default,
+    /// The broker's own, whatever the URL says: a broker configured with
+    /// larger frames sent a frame larger than the connection asked for
+    /// (headers that large, from a publisher that negotiated the broker's
+    /// size). lapin refuses a frame larger than its connection negotiated and
+    /// closes it (501 FRAME_ERROR), and a content header cannot be split; the
+    /// next connection takes it whole.
+    Brokers,
+}
+
+/// [`connect`] for the worker's consuming connection (see [`ConsumingFrames`]).
+pub async fn connect_consuming(
+    settings: &BrokerSettings,
+    name: &str,
+    frames: ConsumingFrames,
+) -> Result<Connection, BrokerError> {
+    let ask = match frames {
+        ConsumingFrames::Default => FrameAsk::Default(DEFAULT_FRAME_MAX),
+        ConsumingFrames::Brokers => FrameAsk::Largest,
+    };
+    connect_asking(settings, name, ask).await
+}
+
+/// Follows a connection for the failure that ends it: whether lapin refused a
+/// frame larger than the connection negotiated (see [`ConsumingFrames`]).
+pub struct FrameRefusals(Pin<Box<dyn Stream<Item = Event> + Send>>);
+
+impl FrameRefusals {
+    /// Taken as the connection opens: lapin reports its failure once, to the
+    /// listeners it has then.
+    pub fn follow(connection: &Connection) -> Self {
+        FrameRefusals(Box::pin(connection.events_listener()))
+    }
+
+    /// Whether the connection has failed on a frame too large (reads what
+    /// lapin has reported so far, without waiting).
+    pub fn refused(&mut self) -> bool {
+        while let Some(Some(event)) = self.0.next().now_or_never() {
+            if let Event::Error(error) = event
+                && super::frame_error(&error)
+            {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Frames of the dead-letter connection, at most: 2 MiB of lapin's buffers
+/// (see [`ConsumingFrames`]) instead of 8. That connection only publishes
+/// copies, whose headers [`super::DeadLetters`] fits to the frame size it
+/// negotiated (bodies span frames).
 const COPIES_FRAME_MAX: u32 = 32 * 1024;
 
 /// [`connect`] for the dead-letter connection (see [`COPIES_FRAME_MAX`]).
@@ -43,23 +103,45 @@ pub async fn connect_for_copies(
     settings: &BrokerSettings,
     name: &str,
 ) -> Result<Connection, BrokerError> {
-    connect_with_frame_max(settings, name, Some(COPIES_FRAME_MAX)).await
+    connect_asking(settings, name, FrameAsk::AtMost(COPIES_FRAME_MAX)).await
 }
 
-async fn connect_with_frame_max(
+/// The `frame_max` a connection asks for; the broker grants the smaller of
+/// that and its own (0 asks for the broker's).
+#[derive(Clone, Copy)]
+enum FrameAsk {
+    /// The URL's, else the broker's.
+    Brokers,
+    /// The URL's, else this.
+    Default(u32),
+    /// The URL's or this, whichever is smaller.
+    AtMost(u32),
+    /// The broker's, whatever the URL says.
+    Largest,
+}
+
+impl FrameAsk {
+    fn apply(self, uri: &mut AMQPUri) {
+        let named = uri.query.frame_max;
+        uri.query.frame_max = match self {
+            FrameAsk::Brokers => named,
+            FrameAsk::Default(size) => named.or(Some(size)),
+            FrameAsk::AtMost(cap) => Some(named.filter(|n| *n > 0).unwrap_or(cap).min(cap)),
+            FrameAsk::Largest => None,
+        };
+    }
+}
+
+async fn connect_asking(
     settings: &BrokerSettings,
     name: &str,
-    frame_max: Option<u32>,
+    ask: FrameAsk,
 ) -> Result<Connection, BrokerError> {
     let mut nodes: Vec<AMQPUri> = settings.nodes.clone();
     fastrand::shuffle(&mut nodes);
     let mut failures = nodes.len();
     for mut uri in nodes {
-        if let Some(cap) = frame_max {
-            // 0 asks for no limit.
-            let asked = uri.query.frame_max.filter(|n| *n > 0).unwrap_or(cap);
-            uri.query.frame_max = Some(asked.min(cap));
-        }
+        ask.apply(&mut uri);
         let uri = &uri;
         match connect_to(uri, settings, name).await {
             Ok(connection) => {
@@ -204,4 +286,41 @@ pub async fn close_channels(channels: &[&Channel]) {
 /// socket of a peer that stays silent).
 pub async fn close(connection: &Connection) {
     let _ = tokio::time::timeout(CLOSE_WAIT, connection.close(200, "worker stopped".into())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asked(ask: FrameAsk, query: &str) -> Option<u32> {
+        let mut uri: AMQPUri = format!("amqp://guest:guest@127.0.0.1:5672/%2f{query}")
+            .parse()
+            .unwrap();
+        ask.apply(&mut uri);
+        uri.query.frame_max
+    }
+
+    #[test]
+    fn the_consuming_connection_asks_for_the_default_unless_the_url_names_a_size() {
+        let ask = FrameAsk::Default(DEFAULT_FRAME_MAX);
+        assert_eq!(asked(ask, ""), Some(131_072));
+        assert_eq!(asked(ask, "?frame_max=65536"), Some(65_536));
+        assert_eq!(asked(ask, "?frame_max=0"), Some(0), "0: the broker's");
+    }
+
+    #[test]
+    fn after_a_refused_frame_the_brokers_size_is_asked_whatever_the_url_says() {
+        assert_eq!(asked(FrameAsk::Largest, "?frame_max=65536"), None);
+        assert_eq!(asked(FrameAsk::Brokers, "?frame_max=65536"), Some(65_536));
+        assert_eq!(asked(FrameAsk::Brokers, ""), None);
+    }
+
+    #[test]
+    fn the_dead_letter_connection_asks_for_at_most_its_cap() {
+        let ask = FrameAsk::AtMost(COPIES_FRAME_MAX);
+        assert_eq!(asked(ask, ""), Some(32_768));
+        assert_eq!(asked(ask, "?frame_max=0"), Some(32_768));
+        assert_eq!(asked(ask, "?frame_max=131072"), Some(32_768));
+        assert_eq!(asked(ask, "?frame_max=16384"), Some(16_384));
+    }
 }

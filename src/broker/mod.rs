@@ -9,8 +9,8 @@ mod dead_letter;
 mod topology;
 
 pub use connection::{
-    close, close_channels, confirm_channel, connect, connect_for_copies, open_consumer,
-    watch_blocking,
+    ConsumingFrames, DEFAULT_FRAME_MAX, FrameRefusals, close, close_channels, confirm_channel,
+    connect, connect_consuming, connect_for_copies, open_consumer, watch_blocking,
 };
 pub use dead_letter::{
     CopyRefused, DeadLetter, DeadLetters, confirmed, encoded_len, headers as dead_letter_headers,
@@ -79,6 +79,12 @@ fn protocol_error(error: &lapin::Error) -> Option<AMQPErrorKind> {
         lapin::ErrorKind::ProtocolError(e) => Some(e.kind().clone()),
         _ => None,
     }
+}
+
+/// 501 FRAME_ERROR: lapin's own when a frame exceeds what its connection
+/// negotiated (or the broker's, for one of ours).
+fn frame_error(error: &lapin::Error) -> bool {
+    protocol_error(error) == Some(AMQPErrorKind::Hard(AMQPHardError::FRAMEERROR))
 }
 
 fn refused(error: &lapin::Error) -> bool {

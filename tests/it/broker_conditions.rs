@@ -1,9 +1,10 @@
 //! Broker-wide conditions, each on a private node of its own (they change
-//! settings every connection of a node sees): a resource alarm, and the
-//! consumer acknowledgement time-out.
+//! settings every connection of a node sees): a resource alarm, the consumer
+//! acknowledgement time-out, and frames larger than RabbitMQ's default.
 
 use std::{sync::Mutex, time::Duration};
 
+use lapin::types::AMQPValue;
 use wfm_worker::http;
 
 use crate::support::{
@@ -153,6 +154,70 @@ async fn the_brokers_consumer_timeout_closing_the_channel_is_recovered_not_fatal
     env.assert_scenario_outcome(&scenario, Copies::AtLeastOnce)
         .await;
     worker.stop().await.expect("the worker never gave up");
+}
+
+/// The consuming connection asks for RabbitMQ's default frame size (lapin's
+/// buffers then stay small); a broker configured for larger frames can carry
+/// headers that need one. That message ends the connection once, and the next
+/// one, asking for the broker's size, takes it: nothing waits behind it.
+#[tokio::test]
+async fn headers_beyond_the_default_frame_size_are_taken_on_a_broker_that_allows_them() {
+    let node = PrivateBroker::start(1, Some("[{rabbit, [{frame_max, 1048576}]}].")).await;
+    let env = TestEnv::on(&node.url(0)).await;
+    let cluster = |i: usize| format!("00000000-0000-4000-8000-{:012}", i % 300);
+    let mut messages: Vec<Outgoing> = (0..2_000)
+        .map(|i| Outgoing::new(checkin_body(&cluster(i), &i.to_string())).id(format!("m-{i}")))
+        .collect();
+    // 300 KB of headers: beyond RabbitMQ's default frame (128 KiB), within this
+    // broker's (the test's publisher negotiated the broker's size).
+    let mut fat = Outgoing::new(checkin_body(&cluster(7), "fat")).id("fat");
+    for i in 0..60 {
+        fat = fat.header(
+            &format!("fat-{i}"),
+            AMQPValue::LongString("f".repeat(5_000).into()),
+        );
+    }
+    messages.insert(1_000, fat);
+    env.broker.publish_checkins(&messages).await;
+    let settings = env.settings();
+    let name = settings.broker.connection_name.clone();
+    let worker = RunningWorker::start(settings);
+    env.wait_for_rows(CHECKINS, 2_001).await;
+    let fat_rows = "SELECT count(*) FROM clusters_checkins WHERE data->>'marker' = 'fat'";
+    assert_eq!(env.db.count(fat_rows).await, 1, "the message stored once");
+    assert_eq!(
+        frame_max_of(&node, &name).await.as_deref(),
+        Some("1048576"),
+        "the connection that took it asked for the broker's frame size"
+    );
+    let queue = env.broker.topology.checkin_queue.clone();
+    wait_until("every message acked", Duration::from_secs(30), || async {
+        env.broker.ready(&queue).await == 0 && unacknowledged(&node, &queue).await == Some(0)
+    })
+    .await;
+    assert_eq!(env.db.count(CHECKINS).await, 2_001, "each stored once");
+    worker.stop().await.unwrap();
+}
+
+/// The negotiated `frame_max` of the connection named `name` on node 0.
+async fn frame_max_of(node: &PrivateBroker, name: &str) -> Option<String> {
+    let listed = node
+        .ctl(
+            0,
+            &[
+                "list_connections",
+                "--quiet",
+                "--no-table-headers",
+                "frame_max",
+                "client_properties",
+            ],
+        )
+        .await;
+    listed
+        .lines()
+        .find(|line| line.contains(&format!("\"connection_name\",\"{name}\"")))
+        .and_then(|line| line.split('\t').next())
+        .map(str::to_owned)
 }
 
 /// The pid of the connection named `name` on node 0.
