@@ -378,7 +378,7 @@ impl Worker<'_> {
             };
             tasks.spawn(run_queue(context, channel, consumer));
         }
-        tasks.spawn(watch_dead_letters(
+        tasks.spawn(supervise::watch_dead_letters(
             dead_letter_connection,
             self.readiness.clone(),
             stop.clone(),
@@ -398,38 +398,6 @@ impl Worker<'_> {
         sampler.abort();
         let _ = sampler.await;
         broker::close_channels(&[&sampling, dead_letters.channel()]).await;
-        result
-    }
-}
-
-/// Follows the dead-letter connection: alarms (blocked / unblocked) into
-/// readiness and `wfm_broker_blocked`; its failure ends this connection's life
-/// (every copy would fail), so the worker reconnects both.
-fn watch_dead_letters(
-    connection: &Connection,
-    readiness: Arc<Readiness>,
-    stop: CancellationToken,
-) -> impl Future<Output = Result<(), PipelineError>> + Send + 'static {
-    let blocked = metrics::gauge!("wfm_broker_blocked");
-    let gauge = blocked.clone();
-    let watching = broker::watch_blocking(connection, move |reason| {
-        if let Some(reason) = reason {
-            tracing::warn!(
-                reason,
-                "the broker blocks publishing (resource alarm); dead-letter copies wait, consumption goes on"
-            );
-        } else {
-            tracing::info!("the broker publishes again");
-        }
-        gauge.set(if reason.is_some() { 1.0 } else { 0.0 });
-        readiness.set_blocked(reason);
-    });
-    async move {
-        let result = tokio::select! {
-            () = stop.cancelled() => Ok(()),
-            error = watching => Err(PipelineError::Broker(error)),
-        };
-        blocked.set(0.0);
         result
     }
 }

@@ -1,12 +1,14 @@
-//! Supervision of one connection's queue tasks.
+//! Supervision of one connection's tasks: a task per queue, and the
+//! dead-letter connection's watch.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use lapin::Connection;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::RunError;
-use crate::pipeline::PipelineError;
+use crate::{broker, pipeline::PipelineError, readiness::Readiness};
 
 /// Waits for shutdown or for the first task to end (a task only ends early on a
 /// failure), then stops the rest and gives them `timeout` to finish their
@@ -54,5 +56,37 @@ fn failure(joined: Result<Result<(), PipelineError>, JoinError>) -> Option<RunEr
         Ok(Ok(())) => None,
         Ok(Err(error)) => Some(error.into()),
         Err(error) => Some(RunError::Panicked(error.to_string())),
+    }
+}
+
+/// Follows the dead-letter connection: alarms (blocked / unblocked) into
+/// readiness and `wfm_broker_blocked`; its failure ends this connection's life
+/// (every copy would fail), so the worker reconnects both.
+pub(super) fn watch_dead_letters(
+    connection: &Connection,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) -> impl Future<Output = Result<(), PipelineError>> + Send + 'static {
+    let blocked = metrics::gauge!("wfm_broker_blocked");
+    let gauge = blocked.clone();
+    let watching = broker::watch_blocking(connection, move |reason| {
+        if let Some(reason) = reason {
+            tracing::warn!(
+                reason,
+                "the broker blocks publishing (resource alarm); dead-letter copies wait, consumption goes on"
+            );
+        } else {
+            tracing::info!("the broker publishes again");
+        }
+        gauge.set(if reason.is_some() { 1.0 } else { 0.0 });
+        readiness.set_blocked(reason);
+    });
+    async move {
+        let result = tokio::select! {
+            () = stop.cancelled() => Ok(()),
+            error = watching => Err(PipelineError::Broker(error)),
+        };
+        blocked.set(0.0);
+        result
     }
 }
