@@ -201,27 +201,17 @@ async fn headers_beyond_the_default_frame_size_are_taken_on_a_broker_that_allows
 
 /// The negotiated `frame_max` of the connection named `name` on node 0.
 async fn frame_max_of(node: &PrivateBroker, name: &str) -> Option<String> {
-    let listed = node
-        .ctl(
-            0,
-            &[
-                "list_connections",
-                "--quiet",
-                "--no-table-headers",
-                "frame_max",
-                "client_properties",
-            ],
-        )
-        .await;
-    listed
-        .lines()
-        .find(|line| line.contains(&format!("\"connection_name\",\"{name}\"")))
-        .and_then(|line| line.split('\t').next())
-        .map(str::to_owned)
+    connection_info(node, name, "frame_max").await
 }
 
 /// The pid of the connection named `name` on node 0.
 async fn connection_of(node: &PrivateBroker, name: &str) -> Option<String> {
+    connection_info(node, name, "pid").await
+}
+
+/// `item` (a `rabbitmqctl list_connections` column) of the connection named
+/// `name` on node 0.
+async fn connection_info(node: &PrivateBroker, name: &str, item: &str) -> Option<String> {
     let listed = node
         .ctl(
             0,
@@ -229,7 +219,7 @@ async fn connection_of(node: &PrivateBroker, name: &str) -> Option<String> {
                 "list_connections",
                 "--quiet",
                 "--no-table-headers",
-                "pid",
+                item,
                 "client_properties",
             ],
         )
