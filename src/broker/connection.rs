@@ -31,7 +31,7 @@ pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection
 }
 
 /// RabbitMQ's default `frame_max`, the same in 3.x and 4.x (131072 bytes).
-pub const DEFAULT_FRAME_MAX: u32 = 128 * 1024;
+const DEFAULT_FRAME_MAX: u32 = 128 * 1024;
 
 /// The frame size the worker's consuming connection asks for.
 ///
@@ -40,7 +40,8 @@ pub const DEFAULT_FRAME_MAX: u32 = 128 * 1024;
 /// frame and, once the broker names its size, grows them to it, writing zeros
 /// through all 8 MiB (at 128 KiB frames); asking the size the broker then
 /// grants, it allocates them once, and a page is resident only once used (the
-/// send side, carrying acks, hardly ever): ~6 MiB less at peak.
+/// send side, carrying acks, hardly ever): ~3 MiB less at peak in
+/// `wfm-bench` (BENCHMARKS.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsumingFrames {
     /// [`DEFAULT_FRAME_MAX`], or the URL's `frame_max`.

@@ -9,8 +9,8 @@ mod dead_letter;
 mod topology;
 
 pub use connection::{
-    ConsumingFrames, DEFAULT_FRAME_MAX, FrameRefusals, close, close_channels, confirm_channel,
-    connect, connect_consuming, connect_for_copies, open_consumer, watch_blocking,
+    ConsumingFrames, FrameRefusals, close, close_channels, confirm_channel, connect,
+    connect_consuming, connect_for_copies, open_consumer, watch_blocking,
 };
 pub use dead_letter::{
     CopyRefused, DeadLetter, DeadLetters, confirmed, encoded_len, headers as dead_letter_headers,
