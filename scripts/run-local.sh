@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Sets up and runs the worker on this machine: PostgreSQL and RabbitMQ
-# (installed and started when missing), the `wfm` database, then
-# `wfm-worker run` with the defaults of config/wfm-worker.env.example.
+# (installed and started when missing), the `wfm` database (or the one named
+# by WFM_DATABASE_NAME), then `wfm-worker run` with the defaults of
+# config/wfm-worker.env.example. A WFM_DATABASE_URL of your own is used as is:
+# its database is yours to create.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
 ensure_rust
 ensure_services
-db=${WFM_DATABASE_NAME:-wfm}
-if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]; then
-  psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE \"$db\""
+if [ -z "${WFM_DATABASE_URL:-}" ]; then
+  db=${WFM_DATABASE_NAME:-wfm}
+  if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]; then
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE \"$db\""
+  fi
+  # The worker reads only WFM_DATABASE_URL: point it at the database made above.
+  export WFM_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 fi
 exec cargo run --release --locked --bin wfm-worker -- run "$@"
