@@ -97,7 +97,15 @@ pub async fn write_checkins(
     let mut order: Vec<&Item<Checkin<'_>>> = checkins.iter().collect();
     order.sort_unstable_by(|a, b| a.value.key.cmp(&b.value.key));
     let insert = conn.prepared(INSERT_CHECKINS, &PARAMETERS).await?;
-    write_batch(conn, &CheckinRows { order, insert }).await
+    // Prepared, so that its execution goes out ahead of the insert's: as SQL
+    // text it would wait for its own parse, and run after the insert.
+    let share_keys = conn.prepared(SHARE_KEYS, &[Type::INT8]).await?;
+    let rows = CheckinRows {
+        order,
+        insert,
+        share_keys,
+    };
+    write_batch(conn, &rows).await
 }
 
 /// The types of [`INSERT_CHECKINS`]' parameters.
@@ -112,6 +120,7 @@ struct CheckinRows<'c, 'd> {
     /// The batch in write order.
     order: Vec<&'c Item<Checkin<'d>>>,
     insert: Statement,
+    share_keys: Statement,
 }
 
 impl Rows for CheckinRows<'_, '_> {
@@ -124,7 +133,7 @@ impl Rows for CheckinRows<'_, '_> {
     }
 
     async fn begin(&self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-        tx.execute(SHARE_KEYS, &[&KEYS_LOCK]).await.map(drop)
+        tx.execute(&self.share_keys, &[&KEYS_LOCK]).await.map(drop)
     }
 
     fn write<'a>(

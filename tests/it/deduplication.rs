@@ -5,10 +5,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio_postgres::types::Type;
-use wfm_worker::store::INSERT_CHECKINS;
+use wfm_worker::{
+    config::DatabaseSettings,
+    message::{Checkin, Envelope, Item, Limits},
+    store::{self, INSERT_CHECKINS, KEYS_LOCK},
+};
 
 use crate::support::{
     TestEnv,
+    db::TestDb,
     history::{CHECKINS, at, day, maintain, midnight},
     wait_until,
 };
@@ -132,4 +137,61 @@ async fn key_lookups_stay_index_lookups_as_the_key_table_grows() {
         generic.contains("Index Only Scan using checkin_keys_"),
         "{generic}"
     );
+}
+
+/// Writes one new checkin of cluster 1 on `conn`; how many rows it stored.
+async fn write_one(conn: &mut store::PgConnection, message_id: &str) -> u64 {
+    let body = r#"{"id":"00000000-0000-4000-8000-000000000001","components":[]}"#;
+    let envelope = Envelope {
+        body: body.as_bytes(),
+        message_id: Some(message_id),
+        timestamp_secs: None,
+        timestamp_ms: None,
+        received_at: Utc::now(),
+    };
+    let value = Checkin::parse(&envelope, &Limits::default()).unwrap();
+    let outcome = store::write_checkins(conn, &[Item { index: 0, value }]).await;
+    outcome.unwrap().stored
+}
+
+#[tokio::test]
+async fn a_writer_takes_the_key_lock_before_it_touches_a_table() {
+    let db = TestDb::create().await;
+    wfm_worker::app::bootstrap(&db.settings()).await.unwrap();
+    // One connection, its statements prepared by a first write (preparing
+    // them reads the tables' definitions).
+    let pool = store::connect_pool(&DatabaseSettings::plain(db.url().parse().unwrap(), 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        write_one(&mut pool.get().await.unwrap(), "warm-up").await,
+        1
+    );
+
+    // A rotation holds the key lock exclusively; this one also holds the
+    // history table, so a writer's lock wait tells which it asked for first.
+    let mut rotation = db.client().await;
+    let rotation = rotation.transaction().await.unwrap();
+    rotation
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&KEYS_LOCK])
+        .await
+        .unwrap();
+    rotation
+        .batch_execute("LOCK TABLE clusters_checkins IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let writer = tokio::spawn(async move {
+        write_one(&mut pool.get().await.unwrap(), "behind-the-rotation").await
+    });
+    let waiting = "SELECT locktype FROM pg_locks WHERE NOT granted";
+    wait_until(
+        "the writer to wait for a lock",
+        Duration::from_secs(10),
+        || async { !db.texts(waiting).await.is_empty() },
+    )
+    .await;
+    assert_eq!(db.texts(waiting).await, ["advisory"]);
+
+    rotation.rollback().await.unwrap();
+    assert_eq!(writer.await.unwrap(), 1);
 }
