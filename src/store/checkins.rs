@@ -3,7 +3,7 @@
 use std::{future::Future, ops::Range};
 
 use chrono::{NaiveDateTime, Utc};
-use tokio_postgres::{Statement, Transaction, types::Type};
+use tokio_postgres::{Client, Statement, types::Type};
 use uuid::Uuid;
 
 use super::{
@@ -132,13 +132,16 @@ impl Rows for CheckinRows<'_, '_> {
         self.order[at].index
     }
 
-    async fn begin(&self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-        tx.execute(&self.share_keys, &[&KEYS_LOCK]).await.map(drop)
+    async fn begin(&self, client: &Client) -> Result<(), tokio_postgres::Error> {
+        client
+            .execute(&self.share_keys, &[&KEYS_LOCK])
+            .await
+            .map(drop)
     }
 
     fn write<'a>(
         &'a self,
-        tx: &'a Transaction<'_>,
+        client: &'a Client,
         range: Range<usize>,
     ) -> impl Future<Output = Result<Tally, tokio_postgres::Error>> + Send + 'a {
         let picked = self.order[range].iter().map(|item| {
@@ -150,10 +153,10 @@ impl Rows for CheckinRows<'_, '_> {
                 c.key.as_str(),
             )
         });
-        insert(tx, &self.insert, picked)
+        insert(client, &self.insert, picked)
     }
 
-    async fn probe(&self, tx: &Transaction<'_>) -> Result<Tally, tokio_postgres::Error> {
+    async fn probe(&self, client: &Client) -> Result<Tally, tokio_postgres::Error> {
         let cluster = Uuid::new_v4();
         let document = format!(r#"{{"id":"{cluster}","components":[]}}"#);
         let key = format!("wfm-probe-{cluster}");
@@ -163,12 +166,12 @@ impl Rows for CheckinRows<'_, '_> {
             document.as_str(),
             key.as_str(),
         );
-        insert(tx, &self.insert, std::iter::once(row)).await
+        insert(client, &self.insert, std::iter::once(row)).await
     }
 }
 
 async fn insert<'r>(
-    tx: &Transaction<'_>,
+    client: &Client,
     statement: &Statement,
     rows: impl ExactSizeIterator<Item = (Uuid, NaiveDateTime, &'r str, &'r str)>,
 ) -> Result<Tally, tokio_postgres::Error> {
@@ -182,7 +185,7 @@ async fn insert<'r>(
         documents.push(document);
         keys.push(key);
     }
-    let row = tx
+    let row = client
         .query_one(statement, &[&ids, &times, &documents, &keys])
         .await?;
     let (kept, counted) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);

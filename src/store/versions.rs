@@ -4,7 +4,7 @@
 use std::{future::Future, ops::Range};
 
 use chrono::{NaiveDateTime, Utc};
-use tokio_postgres::{Statement, Transaction, types::Type};
+use tokio_postgres::{Client, Statement, types::Type};
 
 use super::{
     PgConnection, StoreError,
@@ -111,7 +111,7 @@ impl Rows for VersionRows<'_, '_> {
 
     fn write<'a>(
         &'a self,
-        tx: &'a Transaction<'_>,
+        client: &'a Client,
         range: Range<usize>,
     ) -> impl Future<Output = Result<Tally, tokio_postgres::Error>> + Send + 'a {
         let picked = self.order[range].iter().map(|item| {
@@ -126,10 +126,10 @@ impl Rows for VersionRows<'_, '_> {
                 published: e.published_at.at,
             }
         });
-        upsert(tx, &self.upsert, picked)
+        upsert(client, &self.upsert, picked)
     }
 
-    async fn probe(&self, tx: &Transaction<'_>) -> Result<Tally, tokio_postgres::Error> {
+    async fn probe(&self, client: &Client) -> Result<Tally, tokio_postgres::Error> {
         let version = uuid::Uuid::new_v4().simple().to_string();
         let now = Utc::now().naive_utc();
         let row = Row {
@@ -140,7 +140,7 @@ impl Rows for VersionRows<'_, '_> {
             document: "null",
             published: now,
         };
-        upsert(tx, &self.upsert, std::iter::once(row)).await
+        upsert(client, &self.upsert, std::iter::once(row)).await
     }
 }
 
@@ -154,7 +154,7 @@ struct Row<'r> {
 }
 
 async fn upsert<'r>(
-    tx: &Transaction<'_>,
+    client: &Client,
     statement: &Statement,
     rows: impl ExactSizeIterator<Item = Row<'r>>,
 ) -> Result<Tally, tokio_postgres::Error> {
@@ -177,20 +177,21 @@ async fn upsert<'r>(
         documents.push(row.document);
         published.push(row.published);
     }
-    tx.execute(
-        statement,
-        &[
-            &components,
-            &trains,
-            &versions,
-            &released,
-            &documents,
-            &published,
-        ],
-    )
-    .await
-    .map(|stored| Tally {
-        stored,
-        beyond_retention: 0,
-    })
+    client
+        .execute(
+            statement,
+            &[
+                &components,
+                &trains,
+                &versions,
+                &released,
+                &documents,
+                &published,
+            ],
+        )
+        .await
+        .map(|stored| Tally {
+            stored,
+            beyond_retention: 0,
+        })
 }

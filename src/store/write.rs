@@ -1,9 +1,10 @@
 //! One batch, one transaction — and neither a poison row nor a sick database
 //! is mistaken for the other.
 //!
-//! The happy path is a single transaction with no savepoints. When the whole
-//! batch fails for a reason that is not transient, one neutral row is written
-//! the same way in a transaction that is rolled back (the probe):
+//! The happy path is a single transaction with no savepoints, sent in one
+//! round trip. When the whole batch fails for a reason that is not transient,
+//! one neutral row is written the same way in a transaction that is rolled
+//! back (the probe):
 //! - the probe fails too: the fault is the database's ([`StoreError::Systemic`]);
 //!   no message is blamed, the pipeline hands the batch back and pauses;
 //! - the probe succeeds: some rows are at fault. The batch runs again, bisected
@@ -16,7 +17,7 @@
 
 use std::{future::Future, ops::Range, sync::atomic::Ordering, time::Duration};
 
-use tokio_postgres::Transaction;
+use tokio_postgres::{Client, Transaction};
 
 use super::{
     ErrorClass, PgConnection, StoreError, classify,
@@ -67,10 +68,13 @@ pub(crate) trait Rows: Sync {
     fn len(&self) -> usize;
 
     /// Runs once at the start of each transaction that writes rows (a lock
-    /// the writes need, say).
+    /// the writes need, say), on a connection inside that transaction. It
+    /// must send its statement when first polled (a prepared statement, not
+    /// SQL text that needs a round trip to prepare): it is pipelined ahead of
+    /// the write, and must run first.
     fn begin<'a>(
         &'a self,
-        _tx: &'a Transaction<'_>,
+        _client: &'a Client,
     ) -> impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a {
         std::future::ready(Ok(()))
     }
@@ -78,18 +82,19 @@ pub(crate) trait Rows: Sync {
     /// Batch index of the row at write position `at`.
     fn index(&self, at: usize) -> usize;
 
-    /// Stores the rows at write positions `range` with set-based statements;
-    /// returns how many were newly stored.
+    /// Stores the rows at write positions `range` with set-based statements
+    /// (sent when first polled, as `begin`'s); returns how many were newly
+    /// stored.
     fn write<'a>(
         &'a self,
-        tx: &'a Transaction<'_>,
+        client: &'a Client,
         range: Range<usize>,
     ) -> impl Future<Output = Result<Tally, tokio_postgres::Error>> + Send + 'a;
 
     /// Writes one neutral row exactly as `write` would (rolled back afterwards).
     fn probe<'a>(
         &'a self,
-        tx: &'a Transaction<'_>,
+        client: &'a Client,
     ) -> impl Future<Output = Result<Tally, tokio_postgres::Error>> + Send + 'a;
 }
 
@@ -141,38 +146,67 @@ async fn write_in_transactions(
     conn: &mut PgConnection,
     rows: &impl Rows,
 ) -> Result<WriteOutcome, StoreError> {
-    let tx = conn.transaction().await?;
-    // Pipelined: the lock statement and the write go out together.
-    let written = tokio::try_join!(rows.begin(&tx), rows.write(&tx, 0..rows.len()));
-    match written {
-        Ok(((), tally)) => {
-            tx.commit().await?;
+    match write_pipelined(conn, rows).await {
+        Ok(tally) => {
             return Ok(WriteOutcome {
                 stored: tally.stored,
                 beyond_retention: tally.beyond_retention,
                 ..WriteOutcome::default()
             });
         }
-        Err(e) if classify(&e) == ErrorClass::Transient => return Err(e.into()),
-        Err(e) => {
+        Err(Failed::Commit(e)) => return Err(e.into()),
+        Err(Failed::Statement(e)) if classify(&e) == ErrorClass::Transient => {
+            return Err(e.into());
+        }
+        Err(Failed::Statement(e)) => {
             tracing::info!(error = %describe(&e), batch = rows.len(), "batch refused by the database; probing whether the database or the batch is at fault");
-            tx.rollback().await?;
         }
     }
     probe(conn, rows).await?;
     let mut tx = conn.transaction().await?;
-    rows.begin(&tx).await?;
+    rows.begin(tx.client()).await?;
     let outcome = bisect(&mut tx, rows).await?;
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// Why the one-round-trip transaction did not commit.
+enum Failed {
+    /// A statement before COMMIT failed: nothing was committed, and the
+    /// connection is out of the transaction.
+    Statement(tokio_postgres::Error),
+    /// Every statement succeeded and COMMIT did not (or its answer was lost
+    /// with the connection).
+    Commit(tokio_postgres::Error),
+}
+
+/// The happy path in one round trip: BEGIN, the rows' first statement, the
+/// write and COMMIT go out together (a transaction opened and committed one
+/// statement at a time waits for the database three times). A COMMIT after a failed statement ends the
+/// transaction as a ROLLBACK, so nothing commits unless every statement before
+/// it succeeded; the first failure in sending order is the cause (the later
+/// ones only say the transaction was aborted).
+async fn write_pipelined(conn: &PgConnection, rows: &impl Rows) -> Result<Tally, Failed> {
+    let client: &Client = conn;
+    // `biased`: polled first in this order, so sent in this order.
+    let (began, locked, written, committed) = tokio::join!(
+        biased;
+        client.batch_execute("BEGIN"),
+        rows.begin(client),
+        rows.write(client, 0..rows.len()),
+        client.batch_execute("COMMIT"),
+    );
+    let tally = began.and(locked).and(written).map_err(Failed::Statement)?;
+    committed.map_err(Failed::Commit)?;
+    Ok(tally)
 }
 
 /// Ok when a neutral row can be written: the batch, not the database, is at fault.
 async fn probe(conn: &mut PgConnection, rows: &impl Rows) -> Result<(), StoreError> {
     let tx = conn.transaction().await?;
     let probed = async {
-        rows.begin(&tx).await?;
-        rows.probe(&tx).await
+        rows.begin(tx.client()).await?;
+        rows.probe(tx.client()).await
     }
     .await;
     tx.rollback().await?;
@@ -193,7 +227,7 @@ async fn bisect(tx: &mut Transaction<'_>, rows: &impl Rows) -> Result<WriteOutco
     pending.push(0..rows.len());
     while let Some(range) = pending.pop() {
         let savepoint = tx.savepoint("wfm_isolate").await?;
-        let result = rows.write(&savepoint, range.clone()).await;
+        let result = rows.write(savepoint.client(), range.clone()).await;
         let error = match result {
             Ok(tally) => {
                 savepoint.commit().await?;
