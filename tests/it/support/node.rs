@@ -20,48 +20,20 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     /// Starts `count` nodes; `advanced` is an Erlang term config for each.
+    /// A start that fails is cleaned up and tried once more on other ports:
+    /// a node that dies while booting leaves nothing to read (seen once in CI,
+    /// with an empty log directory), and one flaky boot must not fail a test
+    /// about something else.
     pub async fn start(count: u16, advanced: Option<&str>) -> PrivateBroker {
         sweep_leftovers();
-        let dir = std::env::temp_dir().join(format!(
-            "wfm-rmq-{}-{}",
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let advanced_file = dir.with_extension("advanced.config");
-        if let Some(config) = advanced {
-            std::fs::write(&advanced_file, config).unwrap();
+        let mut failures = Vec::new();
+        for _ in 0..2 {
+            match try_start(count, advanced).await {
+                Ok(broker) => return broker,
+                Err(failure) => failures.push(failure),
+            }
         }
-        let base = free_ports(count);
-        let dir_arg = dir.display().to_string();
-        let mut args = vec![
-            "start".to_owned(),
-            dir_arg,
-            count.to_string(),
-            base.to_string(),
-        ];
-        if advanced.is_some() {
-            args.push(advanced_file.display().to_string());
-        }
-        let output = tokio::task::spawn_blocking(move || Command::new(SCRIPT).args(&args).output())
-            .await
-            .unwrap()
-            .expect("rabbitmq-cluster.sh runs");
-        let _ = std::fs::remove_file(&advanced_file);
-        assert!(
-            output.status.success(),
-            "private broker did not start: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let nodes = std::fs::read_to_string(dir.join("nodes"))
-            .unwrap()
-            .lines()
-            .map(|line| {
-                let (name, port) = line.split_once(' ').unwrap();
-                (name.to_owned(), port.parse().unwrap())
-            })
-            .collect();
-        PrivateBroker { dir, nodes }
+        panic!("private broker did not start: {failures:?}");
     }
 
     /// The AMQP URL of node `i` (0-based).
@@ -116,6 +88,48 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// One attempt: the script's stderr when it fails (its directory removed).
+async fn try_start(count: u16, advanced: Option<&str>) -> Result<PrivateBroker, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "wfm-rmq-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let advanced_file = dir.with_extension("advanced.config");
+    if let Some(config) = advanced {
+        std::fs::write(&advanced_file, config).unwrap();
+    }
+    let base = free_ports(count);
+    let mut args = vec![
+        "start".to_owned(),
+        dir.display().to_string(),
+        count.to_string(),
+        base.to_string(),
+    ];
+    if advanced.is_some() {
+        args.push(advanced_file.display().to_string());
+    }
+    let output = tokio::task::spawn_blocking(move || Command::new(SCRIPT).args(&args).output())
+        .await
+        .unwrap()
+        .expect("rabbitmq-cluster.sh runs");
+    let _ = std::fs::remove_file(&advanced_file);
+    if !output.status.success() {
+        stop(&dir);
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let nodes = std::fs::read_to_string(dir.join("nodes"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (name, port) = line.split_once(' ').unwrap();
+            (name.to_owned(), port.parse().unwrap())
+        })
+        .collect();
+    Ok(PrivateBroker { dir, nodes })
+}
+
 fn stop(dir: &Path) {
     let _ = Command::new(SCRIPT).arg("stop").arg(dir).status();
 }
@@ -140,9 +154,11 @@ fn sweep_leftovers() {
 
 /// A base port with `count` free AMQP ports and their distribution ports
 /// (+10000), spread by process and call so parallel tests rarely collide.
+/// All below Linux's ephemeral range (32768 and up): a port found free there
+/// can be taken by any outgoing connection before the node binds it.
 fn free_ports(count: u16) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let start = 30_000 + (std::process::id() % 90) as u16 * 100;
+    let start = 21_000 + (std::process::id() % 16) as u16 * 100;
     loop {
         let base = start + NEXT.fetch_add(count, Ordering::Relaxed) % 100;
         let free = (0..count).all(|i| {
