@@ -182,10 +182,10 @@ enum Failed {
 
 /// The happy path in one round trip: BEGIN, the rows' first statement, the
 /// write and COMMIT go out together (a transaction opened and committed one
-/// statement at a time waits for the database three times). A COMMIT after a failed statement ends the
-/// transaction as a ROLLBACK, so nothing commits unless every statement before
-/// it succeeded; the first failure in sending order is the cause (the later
-/// ones only say the transaction was aborted).
+/// statement at a time waits for the database three times). A COMMIT after a
+/// failed statement ends the transaction as a ROLLBACK, so nothing commits
+/// unless every statement before it succeeded; the first failure in sending
+/// order is the cause (the later ones only say the transaction was aborted).
 async fn write_pipelined(conn: &PgConnection, rows: &impl Rows) -> Result<Tally, Failed> {
     let client: &Client = conn;
     // `biased`: polled first in this order, so sent in this order.
