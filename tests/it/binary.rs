@@ -240,3 +240,54 @@ async fn stop_workers_mid_work(env: &TestEnv, round: u32) {
         assert!(!stderr.contains("ERROR"), "an error logged:\n{stderr}");
     }
 }
+
+/// `build.rs` packs relative relocations where glibc can apply them: 1.8 MB of
+/// plain entries the loader would read, and keep resident, at every start.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_binary_packs_its_relocations_where_glibc_applies_them() {
+    if glibc() < Some((2, 36)) || std::env::var_os("WFM_PORTABLE_LINK").is_some() {
+        return; // linked for older C libraries on purpose
+    }
+    let elf = std::fs::read(env!("CARGO_BIN_EXE_wfm-worker")).unwrap();
+    let tags = dynamic_entries(&elf);
+    const DT_RELASZ: u64 = 8;
+    const DT_RELR: u64 = 36;
+    assert!(tags.iter().any(|&(tag, _)| tag == DT_RELR), "no DT_RELR");
+    let plain = tags.iter().find(|&&(tag, _)| tag == DT_RELASZ);
+    assert!(
+        plain.is_none_or(|&(_, bytes)| bytes < 64 * 1024),
+        "plain relocations left: {plain:?}"
+    );
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// The (tag, value) pairs of an ELF64 little-endian file's dynamic section.
+fn dynamic_entries(elf: &[u8]) -> Vec<(u64, u64)> {
+    let word = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
+    let half = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "an ELF64 file");
+    let (headers, size, count) = (word(0x20) as usize, half(0x36), half(0x38));
+    const PT_DYNAMIC: u8 = 2;
+    let dynamic = (0..count)
+        .map(|i| headers + i * size)
+        .find(|&header| elf[header] == PT_DYNAMIC && elf[header + 1..header + 4] == [0; 3])
+        .expect("a dynamic section");
+    let (offset, bytes) = (word(dynamic + 8) as usize, word(dynamic + 32) as usize);
+    (offset..offset + bytes)
+        .step_by(16)
+        .map(|entry| (word(entry), word(entry + 8)))
+        .collect()
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// This machine's glibc version, which the binary was linked against.
+fn glibc() -> Option<(u32, u32)> {
+    unsafe extern "C" {
+        fn gnu_get_libc_version() -> *const std::ffi::c_char;
+    }
+    // SAFETY: glibc returns a static, NUL-terminated string.
+    let version = unsafe { std::ffi::CStr::from_ptr(gnu_get_libc_version()) };
+    let mut parts = version.to_str().ok()?.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
