@@ -1,8 +1,11 @@
-//! Batching: a batch is written when full or when the linger runs out.
+//! Batching: a batch is written when full or when the linger runs out, in one
+//! round trip to the database.
 
 use std::time::Duration;
 
-use crate::support::{Outgoing, RunningWorker, TestEnv, checkin_body, wait_until};
+use crate::support::{
+    Outgoing, RunningWorker, TestEnv, checkin_body, gate::Gate, version_body, wait_until,
+};
 
 #[tokio::test]
 async fn the_linger_flushes_a_partial_batch() {
@@ -31,5 +34,57 @@ async fn the_linger_flushes_a_partial_batch() {
         || async { env.broker.ready(&queue).await == 0 },
     )
     .await;
+    worker.stop().await.unwrap();
+}
+
+/// BEGIN, the key lock, the write and COMMIT go out before any reply comes
+/// back: behind a gate that withholds every reply inside a transaction, a
+/// writer that waited for one (BEGIN's, say) would never commit.
+#[tokio::test]
+async fn a_batch_is_written_in_one_round_trip() {
+    let env = TestEnv::new().await;
+    let gate = Gate::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut settings = env.settings();
+    settings.database.config = env.db.url_via(gate.addr).parse().unwrap();
+    let worker = RunningWorker::start(settings);
+    // Start-up (bootstrap, first connections, statements prepared) goes
+    // through the open gate.
+    let checkin = |i: usize| {
+        Outgoing::new(checkin_body(
+            &format!("00000000-0000-4000-8000-{i:012}"),
+            "r",
+        ))
+        .id(format!("r-{i}"))
+    };
+    let version = |i: usize| {
+        Outgoing::new(version_body(
+            "router",
+            "stable",
+            &format!("v{i}"),
+            "2016-08-02T17:00:00Z",
+            "",
+        ))
+    };
+    env.broker.publish_checkins(&[checkin(0)]).await;
+    env.broker.publish_versions(&[version(0)]).await;
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 1)
+        .await;
+    env.wait_for_rows("SELECT count(*) FROM versions", 1).await;
+
+    gate.arm();
+    let checkins: Vec<_> = (1..=20).map(checkin).collect();
+    env.broker.publish_checkins(&checkins).await;
+    env.broker.publish_versions(&[version(1), version(2)]).await;
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 21)
+        .await;
+    env.wait_for_rows("SELECT count(*) FROM versions", 3).await;
+    assert!(
+        gate.passed() >= 2,
+        "{} transactions through the gate",
+        gate.passed()
+    );
+
+    // Anything else the worker does in a transaction may wait: let it finish.
+    gate.disarm();
     worker.stop().await.unwrap();
 }

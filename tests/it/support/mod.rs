@@ -6,6 +6,7 @@ pub mod amqp_tap;
 pub mod broker;
 pub mod certs;
 pub mod db;
+pub mod gate;
 pub mod history;
 pub mod hostile;
 pub mod legacy;
