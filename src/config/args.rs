@@ -168,6 +168,12 @@ pub struct PipelineArgs {
           value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub batch_size: u16,
 
+    /// A batch also ends once its message bodies reach this size (e.g.
+    /// `256KiB`), before WFM_BATCH_SIZE messages: a transaction holds at most
+    /// this plus one message.
+    #[arg(long, env = "WFM_BATCH_BYTES", default_value = "256KiB")]
+    pub batch_bytes: bytesize::ByteSize,
+
     /// After a full batch (a backlog), or when an eighth of a batch was
     /// waiting, longest wait in milliseconds for the batch to fill (0 to
     /// 60000). Otherwise a batch is written as soon as no more messages are
@@ -369,6 +375,8 @@ impl PipelineArgs {
                 batch_size,
             });
         }
+        let batch_bytes = usize::try_from(self.batch_bytes.as_u64()).unwrap_or(usize::MAX);
+        non_zero("WFM_BATCH_BYTES", batch_bytes)?;
         let limits = self.limits.limits();
         let affordable = self.memory_limit.as_u64() / (QUEUES * COPIES * limits.max_bytes as u64);
         if affordable == 0 {
@@ -381,6 +389,7 @@ impl PipelineArgs {
         Ok(PipelineSettings {
             prefetch,
             batch_size: batch_size.min(usize::from(prefetch)),
+            batch_bytes,
             batch_linger: Duration::from_millis(self.batch_linger_ms),
             limits,
             max_deliveries: self.max_deliveries,

@@ -197,6 +197,8 @@ pub struct PipelineSettings {
     /// Per queue; derived from `WFM_PREFETCH` and `WFM_MEMORY_LIMIT`.
     pub prefetch: u16,
     pub batch_size: usize,
+    /// Bytes of bodies that end a batch before `batch_size` messages.
+    pub batch_bytes: usize,
     pub batch_linger: Duration,
     /// Size, depth and clock rules every message is held to.
     pub limits: Limits,
@@ -209,6 +211,7 @@ impl Default for PipelineSettings {
         PipelineSettings {
             prefetch: 1000,
             batch_size: 500,
+            batch_bytes: 256 * 1024,
             batch_linger: Duration::from_millis(5),
             limits: Limits::default(),
             max_deliveries: 5,

@@ -105,6 +105,18 @@ fn prefetch_below_batch_size_is_refused() {
 }
 
 #[test]
+fn a_batch_ends_at_a_size_in_bytes_too() {
+    assert_eq!(run(&[]).unwrap().pipeline.batch_bytes, 256 * 1024);
+    let set = run(&["--batch-bytes", "1MiB"]).unwrap().pipeline;
+    assert_eq!(set.batch_bytes, 1024 * 1024);
+    let shown = refusal(&["--batch-bytes", "0"]);
+    assert!(
+        shown.starts_with("WFM_BATCH_BYTES must not be zero"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn the_memory_limit_lowers_the_prefetch_so_that_the_largest_messages_fit() {
     let defaults = run(&[]).unwrap().pipeline;
     assert_eq!((defaults.prefetch, defaults.batch_size), (1000, 500));

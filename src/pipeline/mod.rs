@@ -2,9 +2,9 @@
 //!
 //! Per queue, on a channel of its own:
 //! - the reader ([`reader`]) takes a write permit (`in_flight` of them), then
-//!   every delivery already there, up to `batch_size` (after a full batch, or
-//!   when an eighth of one was there, also what arrives within
-//!   `batch_linger`), and decides the batch in a task of its own;
+//!   every delivery already there, up to `batch_size` messages or
+//!   `batch_bytes` of bodies (after a full batch, or when an eighth of one was
+//!   there, also what arrives within `batch_linger`), and decides the batch in a task of its own;
 //! - deciding ([`decide`]) parses every delivery, writes the valid ones in one
 //!   transaction, and gives each delivery its [`Verdict`];
 //! - the acker ([`acker`]) carries the verdicts out on the broker, batch by

@@ -18,7 +18,7 @@ use tokio::{
 use super::{
     Decided, PipelineError, QueueContext, acker::Deciding, breaker::Breaker, decide::decide,
 };
-use crate::{broker::BrokerError, readiness::QueueState};
+use crate::{broker::BrokerError, config::PipelineSettings, readiness::QueueState};
 
 /// Reads until shutdown (Ok) or until the channel fails (Err).
 ///
@@ -65,8 +65,8 @@ pub(super) async fn read(
             return Err(PipelineError::ConsumerCancelled(context.queue.clone()));
         };
         let first = first.map_err(channel_failed("receiving deliveries"))?;
-        let batch = fill_batch(first, &mut consumer, context, backlog).await?;
-        backlog = batch.len() == context.settings.batch_size;
+        let (batch, full) = fill_batch(first, &mut consumer, context, backlog).await?;
+        backlog = full;
         let task = if breaker.is_tripped() {
             // Read before the pause began: back it goes, untouched.
             tokio::spawn(async move { Ok(Decided::released(batch)) })
@@ -160,25 +160,66 @@ fn channel_failed(doing: &'static str) -> impl Fn(lapin::Error) -> PipelineError
     move |source| PipelineError::Broker(BrokerError::Channel { doing, source })
 }
 
-/// A batch that finds at least 1/STREAM_SHARE of the batch size ready at once is
-/// part of a stream.
+/// A batch that finds at least 1/STREAM_SHARE of its limit (in messages or
+/// bytes) ready at once is part of a stream.
 const STREAM_SHARE: usize = 8;
 
-/// Gathers the deliveries after `first` that are already here, up to the
-/// batch size; after a full batch (`backlog`), or when at least
-/// 1/STREAM_SHARE of a batch was here, also those arriving within
-/// `batch_linger` of the first.
+/// A batch being gathered. It is full at `batch_size` deliveries, or once its
+/// bodies reach `batch_bytes` (the delivery that crosses it is taken: a batch
+/// holds at most `batch_bytes` plus one message). The byte bound keeps each
+/// statement, and the client buffers that grow to the largest one, small:
+/// batches of ~2 KB checkins beyond a few hundred KiB cost throughput, CPU
+/// and memory (BENCHMARKS.md, "Batches bounded in bytes").
+struct Gathering<'s> {
+    deliveries: Vec<Delivery>,
+    bytes: usize,
+    settings: &'s PipelineSettings,
+}
+
+impl<'s> Gathering<'s> {
+    fn new(first: Delivery, settings: &'s PipelineSettings) -> Self {
+        let mut gathering = Gathering {
+            deliveries: Vec::with_capacity(settings.batch_size.min(INITIAL_CAPACITY)),
+            bytes: 0,
+            settings,
+        };
+        gathering.push(first);
+        gathering
+    }
+
+    fn push(&mut self, delivery: Delivery) {
+        self.bytes += delivery.data.len();
+        self.deliveries.push(delivery);
+    }
+
+    fn is_full(&self) -> bool {
+        self.deliveries.len() >= self.settings.batch_size || self.bytes >= self.settings.batch_bytes
+    }
+
+    /// Whether what was ready at once looks like a stream (see [`fill_batch`]).
+    fn is_stream(&self) -> bool {
+        self.deliveries.len() >= self.settings.batch_size.div_ceil(STREAM_SHARE)
+            || self.bytes >= self.settings.batch_bytes.div_ceil(STREAM_SHARE)
+    }
+}
+
+/// Deliveries a batch makes room for at first: a typical full batch without
+/// regrowing, not `batch_size` slots when the byte bound closes batches early.
+const INITIAL_CAPACITY: usize = 256;
+
+/// Gathers the deliveries after `first` that are already here, until the batch
+/// is full; after a full batch (`backlog`), or when at least 1/STREAM_SHARE of
+/// a batch was here, also those arriving within `batch_linger` of the first.
+/// Returns the batch and whether it is full.
 async fn fill_batch(
     first: Delivery,
     consumer: &mut Consumer,
     context: &QueueContext,
     backlog: bool,
-) -> Result<Vec<Delivery>, PipelineError> {
+) -> Result<(Vec<Delivery>, bool), PipelineError> {
     let receiving = channel_failed("receiving deliveries");
-    let size = context.settings.batch_size;
-    let mut batch = Vec::with_capacity(size);
-    batch.push(first);
-    while batch.len() < size {
+    let mut batch = Gathering::new(first, &context.settings);
+    while !batch.is_full() {
         match consumer.next().now_or_never() {
             Some(Some(delivery)) => batch.push(delivery.map_err(&receiving)?),
             // Nothing more ready (or the consumer ended: the next read says so).
@@ -189,16 +230,18 @@ async fn fill_batch(
     // stream (a backlog, or a load the database can only follow in bulk) —
     // wait a little for the batch to fill, which costs far less than more
     // transactions.
-    if !backlog && batch.len() < size.div_ceil(STREAM_SHARE) || batch.len() == size {
-        return Ok(batch);
+    if batch.is_full() || !backlog && !batch.is_stream() {
+        let full = batch.is_full();
+        return Ok((batch.deliveries, full));
     }
     let deadline = Instant::now() + context.settings.batch_linger;
-    while batch.len() < size {
+    while !batch.is_full() {
         match timeout_at(deadline, consumer.next()).await {
             Ok(Some(delivery)) => batch.push(delivery.map_err(&receiving)?),
             // Ended or lingered long enough: write what we have.
             Ok(None) | Err(_) => break,
         }
     }
-    Ok(batch)
+    let full = batch.is_full();
+    Ok((batch.deliveries, full))
 }

@@ -37,6 +37,45 @@ async fn the_linger_flushes_a_partial_batch() {
     worker.stop().await.unwrap();
 }
 
+/// A backlog of messages is written in batches that end once their bodies
+/// reach WFM_BATCH_BYTES, however many messages WFM_BATCH_SIZE would allow.
+#[tokio::test]
+async fn a_batch_ends_once_its_bodies_reach_the_byte_limit() {
+    let env = TestEnv::new().await;
+    let messages: Vec<Outgoing> = (0..30)
+        .map(|i| {
+            Outgoing::new(checkin_body(
+                &format!("00000000-0000-4000-8000-{i:012}"),
+                "b",
+            ))
+            .id(format!("b-{i}"))
+        })
+        .collect();
+    let body = messages[0].body.len();
+    env.broker.publish_checkins(&messages).await;
+    let mut settings = env.settings();
+    settings.pipeline.batch_size = 500;
+    // Two bodies stay below it, the third reaches it: three per batch at most.
+    settings.pipeline.batch_bytes = 2 * body + 1;
+    let worker = RunningWorker::start(settings);
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 30)
+        .await;
+    worker.stop().await.unwrap();
+    // A batch is one transaction: its rows share their `xmin`.
+    let client = env.db.client().await;
+    let row = client
+        .query_one(
+            "SELECT max(n), count(*) FROM (SELECT count(*) AS n FROM clusters_checkins
+              GROUP BY xmin::text) batches",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (largest, batches): (i64, i64) = (row.get(0), row.get(1));
+    assert!(largest <= 3, "a batch of {largest} messages");
+    assert!(batches >= 10, "{batches} batches for 30 messages");
+}
+
 /// BEGIN, the key lock, the write and COMMIT go out before any reply comes
 /// back: behind a gate that withholds every reply inside a transaction, a
 /// writer that waited for one (BEGIN's, say) would never commit.
