@@ -144,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
         amqp_url: &args.amqp_url,
         prefetch: args.prefetch,
         batch_size: args.batch_size,
+        batch_bytes: worker_batch_bytes()?,
     };
     if args.history {
         return history::report(&args, &limits, &exe).await;
@@ -233,6 +234,18 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         }
     }
     Ok(run)
+}
+
+/// The worker's batch byte bound: WFM_BATCH_BYTES, which the worker inherits
+/// from this process, or its default.
+fn worker_batch_bytes() -> anyhow::Result<usize> {
+    let Ok(set) = std::env::var("WFM_BATCH_BYTES") else {
+        return Ok(wfm_worker::config::PipelineSettings::default().batch_bytes);
+    };
+    let size: bytesize::ByteSize = set
+        .parse()
+        .map_err(|e| anyhow::anyhow!("WFM_BATCH_BYTES={set}: {e}"))?;
+    Ok(usize::try_from(size.as_u64())?)
 }
 
 fn median(runs: &[Run], field: impl Fn(&Run) -> f64) -> f64 {

@@ -27,10 +27,12 @@ pub struct Limits<'a> {
     pub amqp_url: &'a str,
     pub prefetch: u16,
     pub batch_size: usize,
+    /// The worker's WFM_BATCH_BYTES (inherited from this process).
+    pub batch_bytes: usize,
 }
 
 /// (1) A consumer that only acks, with the worker's prefetch and ack style
-/// (one `multiple` ack per batch).
+/// (one `multiple` ack per batch, batches ending where the worker's do).
 pub async fn broker_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f64> {
     let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
     env.prefill(CHECKIN_ROUTING_KEY, count, payload::checkin)
@@ -48,13 +50,18 @@ pub async fn broker_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f
             FieldTable::default(),
         )
         .await?;
-    let mut received = 0;
+    let (mut received, mut in_batch, mut batch_bytes) = (0, 0, 0);
     let mut pending: Option<Delivery> = None;
     while received < count {
         let delivery = consumer.next().await.expect("consumer open")?;
         received += 1;
+        in_batch += 1;
+        batch_bytes += delivery.data.len();
         let last = pending.insert(delivery);
-        if received % limits.batch_size == 0 || received == count {
+        // Where the worker's batches end (see `batch_end`).
+        let full = in_batch == limits.batch_size || batch_bytes >= limits.batch_bytes;
+        if full || received == count {
+            (in_batch, batch_bytes) = (0, 0);
             anyhow::ensure!(
                 last.acker.ack(BasicAckOptions { multiple: true }).await?,
                 "ack not sent"
@@ -70,7 +77,9 @@ pub async fn broker_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f
     Ok(rate)
 }
 
-/// (2) The worker's own batched write statements, driven directly.
+/// (2) The worker's own batched write statements, driven directly, in the
+/// worker's batches: up to the batch size, ending once the bodies reach
+/// `batch_bytes`.
 pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f64> {
     let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
     let settings = env.database(1);
@@ -97,9 +106,12 @@ pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result
         })
         .collect();
     let started = Instant::now();
-    for batch in checkins.chunks(limits.batch_size) {
+    let mut rest = &checkins[..];
+    while !rest.is_empty() {
+        let (batch, after) = rest.split_at(batch_end(rest, limits));
         let mut conn = pool.get().await?;
         store::write_checkins(&mut conn, batch).await?;
+        rest = after;
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
     let stored: i64 = env
@@ -115,6 +127,18 @@ pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result
     drop(pool);
     env.drop_all().await;
     Ok(rate)
+}
+
+/// How many of `checkins` the worker's reader would put in one batch.
+fn batch_end(checkins: &[Item<Checkin<'_>>], limits: &Limits<'_>) -> usize {
+    let mut bytes = 0;
+    for (at, checkin) in checkins.iter().take(limits.batch_size).enumerate() {
+        bytes += checkin.value.document.len();
+        if bytes >= limits.batch_bytes {
+            return at + 1;
+        }
+    }
+    checkins.len().min(limits.batch_size)
 }
 
 /// What a worker drain measured.
