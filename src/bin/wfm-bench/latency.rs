@@ -3,10 +3,18 @@
 //! A trigger in the bench's own database sends `pg_notify` per stored checkin;
 //! PostgreSQL delivers a notification when the inserting transaction commits,
 //! so its arrival (on the same clock as the publish) marks the commit.
+//!
+//! Its floor, publish→deliver through the broker alone (the same quorum queue
+//! and load, a consumer that only acks), shows how much of it is the worker's.
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use futures_util::StreamExt;
+use lapin::{
+    Channel,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_postgres::{AsyncMessage, NoTls};
 use wfm_worker::{app, broker::CHECKIN_ROUTING_KEY};
@@ -62,6 +70,69 @@ pub async fn latency(
     .await?;
     tokio::time::timeout(Duration::from_secs(60), committed.recv()).await?;
 
+    let published = publish_steadily(&env, &channel, per_second, seconds).await?;
+    let latencies = arrivals(&published, &mut committed).await?;
+    stop(&mut worker).await?;
+    env.drop_all().await;
+    Ok(percentiles(latencies))
+}
+
+/// Publish→deliver through the broker alone, at the same load on the same
+/// kind of queue, to a consumer with the worker's prefetch that acks each
+/// delivery as it arrives.
+pub async fn broker_latency(
+    limits: &Limits<'_>,
+    per_second: usize,
+    seconds: u64,
+) -> anyhow::Result<Latencies> {
+    let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
+    let consuming = env.connection.create_channel().await?;
+    consuming
+        .basic_qos(limits.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consuming
+        .basic_consume(
+            env.topology.checkin_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let (delivered, mut arrived) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let at = Instant::now();
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string());
+            let _ = delivered.send((id.unwrap_or_default(), at));
+            if delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let channel = env.connection.create_channel().await?;
+    let published = publish_steadily(&env, &channel, per_second, seconds).await?;
+    let latencies = arrivals(&published, &mut arrived).await?;
+    env.drop_all().await;
+    Ok(percentiles(latencies))
+}
+
+/// Publishes `per_second` checkins for `seconds`, a hundredth of a second's
+/// worth every 10 ms; returns when each was published, by message id.
+async fn publish_steadily(
+    env: &BenchEnv,
+    channel: &Channel,
+    per_second: usize,
+    seconds: u64,
+) -> anyhow::Result<HashMap<String, Instant>> {
     let total = per_second * seconds as usize;
     let per_tick = per_second / 100;
     let mut published = HashMap::with_capacity(total);
@@ -71,26 +142,36 @@ pub async fn latency(
         for i in start..(start + per_tick).min(total) {
             let (id, body) = (format!("lat-{i}"), payload::checkin(i));
             published.insert(id.clone(), Instant::now());
-            env.publish(&channel, CHECKIN_ROUTING_KEY, &id, body.as_bytes())
+            env.publish(channel, CHECKIN_ROUTING_KEY, &id, body.as_bytes())
                 .await?;
         }
     }
-    let mut latencies = Vec::with_capacity(total);
-    while latencies.len() < total {
-        let (id, at) = tokio::time::timeout(Duration::from_secs(30), committed.recv())
+    Ok(published)
+}
+
+/// Milliseconds from publish to arrival of every message in `published`.
+async fn arrivals(
+    published: &HashMap<String, Instant>,
+    arrived: &mut mpsc::UnboundedReceiver<(String, Instant)>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut latencies = Vec::with_capacity(published.len());
+    while latencies.len() < published.len() {
+        let (id, at) = tokio::time::timeout(Duration::from_secs(30), arrived.recv())
             .await?
-            .ok_or_else(|| anyhow::anyhow!("notification stream ended"))?;
+            .ok_or_else(|| anyhow::anyhow!("arrivals ended"))?;
         if let Some(sent) = published.get(&id) {
             latencies.push(at.duration_since(*sent).as_secs_f64() * 1000.0);
         }
     }
-    stop(&mut worker).await?;
-    env.drop_all().await;
+    Ok(latencies)
+}
+
+fn percentiles(mut latencies: Vec<f64>) -> Latencies {
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
-    Ok(Latencies {
+    Latencies {
         p50_ms: at(0.50),
         p99_ms: at(0.99),
         max_ms: at(1.0),
-    })
+    }
 }

@@ -6,7 +6,8 @@
 //! 2. database limit: the worker's own batched writes, driven without the broker
 //! 3. worker, backlog: the real binary draining a pre-filled queue of checkins
 //! 4. worker, one message per transaction (batch size 1)
-//! 5. publish→commit latency at a steady offered load
+//! 5. publish→commit latency at a steady offered load (and its floor: publish→
+//!    deliver through the broker alone)
 //! 6. the worker's peak RSS during (3)
 //! 7. worker, versions backlog
 //!
@@ -114,11 +115,16 @@ struct Run {
     /// Latency at the offered load, and at ten times it.
     low: Option<latency::Latencies>,
     high: Option<latency::Latencies>,
+    /// Publish→deliver through the broker alone, at the offered load.
+    floor: Option<latency::Latencies>,
     rss_mib: f64,
     cpu_us: f64,
     resident: String,
     versions: f64,
 }
+
+/// One of a run's latency measurements.
+type Measured = fn(&Run) -> &Option<latency::Latencies>;
 
 impl Run {
     fn serial(&self) -> f64 {
@@ -232,6 +238,12 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
             );
             *slot = Some(l);
         }
+        let l = latency::broker_latency(limits, args.latency_rate, args.latency_secs).await?;
+        eprintln!(
+            "  broker alone at {}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            args.latency_rate, l.p50_ms, l.p99_ms, l.max_ms
+        );
+        run.floor = Some(l);
     }
     Ok(run)
 }
@@ -267,11 +279,8 @@ async fn print_report(args: &Args, runs: &[Run]) {
         }
     };
     let (broker, database, backlog) = (m(&|r| r.broker), m(&|r| r.database), m(&|r| r.backlog));
-    let lat = |high: bool, f: fn(&latency::Latencies) -> f64| {
-        m(&|r| {
-            let l = if high { &r.high } else { &r.low };
-            l.as_ref().map_or(f64::NAN, f)
-        })
+    let lat = |which: Measured, f: fn(&latency::Latencies) -> f64| {
+        m(&|r| which(r).as_ref().map_or(f64::NAN, f))
     };
     println!(
         "\nwfm-bench: medians of {} run(s); ratios are taken within each run\n",
@@ -305,11 +314,13 @@ async fn print_report(args: &Args, runs: &[Run]) {
         args.single_messages,
         m(&|r| r.single)
     );
-    for (high, rate) in [(false, args.latency_rate), (true, args.latency_rate * 10)] {
+    for rate in [args.latency_rate, args.latency_rate * 10] {
+        let high = rate != args.latency_rate;
+        let which: Measured = if high { |r| &r.high } else { |r| &r.low };
         let (p50, p99, max) = (
-            lat(high, |l| l.p50_ms),
-            lat(high, |l| l.p99_ms),
-            lat(high, |l| l.max_ms),
+            lat(which, |l| l.p50_ms),
+            lat(which, |l| l.p99_ms),
+            lat(which, |l| l.max_ms),
         );
         let target = if high {
             String::new()
@@ -324,6 +335,13 @@ async fn print_report(args: &Args, runs: &[Run]) {
             args.latency_secs
         );
     }
+    println!(
+        "| (5) its floor: publish→deliver, the broker alone (ack-only consumer), p50 / p99 / max at {}/s | {:.1} / {:.1} / {:.1} ms | |",
+        args.latency_rate,
+        lat(|r| &r.floor, |l| l.p50_ms),
+        lat(|r| &r.floor, |l| l.p99_ms),
+        lat(|r| &r.floor, |l| l.max_ms),
+    );
     let rss = m(&|r| r.rss_mib);
     println!(
         "| (6) worker peak RSS during (3) | {rss:.1} MiB | ≤ 28 MiB: {} |",
