@@ -23,14 +23,15 @@ pub struct Cli {
     )]
     pub log_format: LogFormat,
 
-    /// Threads of the async runtime (1 to 64). One carries the worker's own
-    /// work (~16 µs per checkin) without wake-ups between threads, and tokio
-    /// would otherwise start one per core of the node, whatever the pod's CPU
-    /// request. lapin runs an I/O thread of its own per broker connection.
+    /// Threads of the async runtime (1 to 64). Without a number tokio starts
+    /// one per core of the node, whatever the pod's CPU request. lapin runs an
+    /// I/O thread of its own per broker connection. One thread costs less CPU
+    /// and gives a lower median latency, but measured a worse 99th percentile
+    /// at low load (BENCHMARKS.md, "Runtime threads").
     #[arg(
         long,
         env = "WFM_WORKER_THREADS",
-        default_value_t = 1,
+        default_value_t = 2,
         value_parser = clap::value_parser!(u16).range(1..=64),
         global = true
     )]
@@ -280,9 +281,9 @@ mod tests {
     }
 
     #[test]
-    fn the_runtime_has_one_thread_unless_asked_for_more() {
+    fn the_runtime_has_two_threads_unless_told_otherwise() {
         let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.worker_threads);
-        assert_eq!(parse(&["wfm-worker", "bootstrap"]).unwrap(), 1);
+        assert_eq!(parse(&["wfm-worker", "bootstrap"]).unwrap(), 2);
         let more = parse(&["wfm-worker", "run", "--worker-threads", "4"]);
         assert_eq!(more.unwrap(), 4);
         assert!(parse(&["wfm-worker", "run", "--worker-threads", "0"]).is_err());

@@ -38,9 +38,8 @@ pub enum EntryError {
 pub fn main() -> ExitCode {
     let cli = cli::parse();
     telemetry::init(cli.log_format);
-    // BENCHMARKS.md, "One runtime thread": on two cores shared with the broker
-    // and the database, one thread was faster than two, with less CPU and
-    // latency.
+    // A fixed number, not one per core of the node (BENCHMARKS.md, "Runtime
+    // threads").
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(cli.worker_threads))
         .enable_all()
