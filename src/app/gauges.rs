@@ -18,7 +18,10 @@ pub(super) fn register(topology: &Topology) {
     for step in STEPS {
         metrics::counter!("wfm_reconnects_total", "step" => step).increment(0);
     }
-    metrics::gauge!("wfm_broker_blocked").set(0.0);
+    // Registered, not set: each connection's watch adds and takes away its own
+    // block (see `supervise::watch_dead_letters`); setting it here would wipe
+    // a block another worker in the same process holds.
+    metrics::gauge!("wfm_broker_blocked").increment(0.0);
     metrics::gauge!("wfm_ready").set(0.0);
     for state in ["idle", "in_use"] {
         metrics::gauge!("wfm_pool_connections", "state" => state).set(0.0);

@@ -72,8 +72,11 @@ pub(super) fn watch_dead_letters(
     readiness: Arc<Readiness>,
     stop: CancellationToken,
 ) -> impl Future<Output = Result<(), PipelineError>> + Send + 'static {
-    let blocked = metrics::gauge!("wfm_broker_blocked");
-    let gauge = blocked.clone();
+    // This connection's share of the gauge (1 while blocked), added and taken
+    // away rather than set: a process may hold several workers' connections
+    // (the tests do), and one ending must not clear another's block.
+    let blocked = Arc::new(Block::default());
+    let watch = blocked.clone();
     let watching = broker::watch_blocking(connection, move |reason| {
         if let Some(reason) = reason {
             tracing::warn!(
@@ -83,7 +86,7 @@ pub(super) fn watch_dead_letters(
         } else {
             tracing::info!("the broker publishes again");
         }
-        gauge.set(if reason.is_some() { 1.0 } else { 0.0 });
+        watch.set(reason.is_some());
         readiness.set_blocked(reason);
     });
     async move {
@@ -91,8 +94,24 @@ pub(super) fn watch_dead_letters(
             () = stop.cancelled() => Ok(()),
             error = watching => Err(PipelineError::Broker(error)),
         };
-        blocked.set(0.0);
+        blocked.set(false);
         result
+    }
+}
+
+/// One connection's contribution to `wfm_broker_blocked`.
+#[derive(Default)]
+struct Block(std::sync::atomic::AtomicBool);
+
+impl Block {
+    fn set(&self, blocked: bool) {
+        let was = self.0.swap(blocked, std::sync::atomic::Ordering::Relaxed);
+        let gauge = metrics::gauge!("wfm_broker_blocked");
+        match (was, blocked) {
+            (false, true) => gauge.increment(1.0),
+            (true, false) => gauge.decrement(1.0),
+            _ => {}
+        }
     }
 }
 
