@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use lapin::{
-    Channel, Connection, ConnectionProperties,
+    Channel, Connection, ConnectionProperties, Consumer,
     options::{
-        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
+        BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::FieldTable,
 };
@@ -111,6 +111,23 @@ impl BenchEnv {
             )
             .await?;
         Ok(())
+    }
+
+    /// A consumer of the checkin queue on a channel of its own, with the
+    /// worker's `prefetch`.
+    pub async fn consume_checkins(&self, prefetch: u16) -> anyhow::Result<Consumer> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        Ok(channel
+            .basic_consume(
+                self.topology.checkin_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?)
     }
 
     /// Ready messages in `queue` (unacknowledged ones not counted).

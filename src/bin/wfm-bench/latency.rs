@@ -10,11 +10,7 @@
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use futures_util::StreamExt;
-use lapin::{
-    Channel,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
-    types::FieldTable,
-};
+use lapin::{Channel, options::BasicAckOptions};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_postgres::{AsyncMessage, NoTls};
 use wfm_worker::{app, broker::CHECKIN_ROUTING_KEY};
@@ -86,18 +82,7 @@ pub async fn broker_latency(
     seconds: u64,
 ) -> anyhow::Result<Latencies> {
     let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
-    let consuming = env.connection.create_channel().await?;
-    consuming
-        .basic_qos(limits.prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = consuming
-        .basic_consume(
-            env.topology.checkin_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = env.consume_checkins(limits.prefetch).await?;
     let (delivered, mut arrived) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {

@@ -4,11 +4,7 @@
 use std::{path::Path, process::Stdio, time::Duration};
 
 use futures_util::StreamExt;
-use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
-    types::FieldTable,
-};
+use lapin::{message::Delivery, options::BasicAckOptions};
 use tokio::{process::Command, time::Instant};
 use wfm_worker::{
     app,
@@ -37,19 +33,8 @@ pub async fn broker_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f
     let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
     env.prefill(CHECKIN_ROUTING_KEY, count, payload::checkin)
         .await?;
-    let channel = env.connection.create_channel().await?;
-    channel
-        .basic_qos(limits.prefetch, BasicQosOptions::default())
-        .await?;
     let started = Instant::now();
-    let mut consumer = channel
-        .basic_consume(
-            env.topology.checkin_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = env.consume_checkins(limits.prefetch).await?;
     let (mut received, mut in_batch, mut batch_bytes) = (0, 0, 0);
     let mut pending: Option<Delivery> = None;
     while received < count {
