@@ -4,7 +4,8 @@
 //! them: the position-independent binary carries ~75,000 of them, 1.8 MB as
 //! plain `RELA` entries that the loader reads at every start, and that stay
 //! resident. Packed, they take 16 KB: the worker starts with ~2 MiB less
-//! resident memory (BENCHMARKS.md, "Packed relocations").
+//! resident memory (BENCHMARKS.md, "Batches bounded in bytes, packed
+//! relocations").
 //!
 //! glibc applies DT_RELR from 2.36 on, and such a binary refuses to start on an
 //! older one ("version `GLIBC_ABI_DT_RELR' not found"). So the flag is given

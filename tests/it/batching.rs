@@ -14,15 +14,7 @@ async fn the_linger_flushes_a_partial_batch() {
     settings.pipeline.batch_size = 500;
     settings.pipeline.batch_linger = Duration::from_millis(50);
     let worker = RunningWorker::start(settings);
-    let messages: Vec<Outgoing> = (0..3)
-        .map(|i| {
-            Outgoing::new(checkin_body(
-                &format!("00000000-0000-4000-8000-{i:012}"),
-                "l",
-            ))
-            .id(format!("l-{i}"))
-        })
-        .collect();
+    let messages: Vec<Outgoing> = (0..3).map(|i| numbered("l", i)).collect();
     env.broker.publish_checkins(&messages).await;
     // 3 of 500: only the linger can have written them.
     env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 3)
@@ -42,15 +34,7 @@ async fn the_linger_flushes_a_partial_batch() {
 #[tokio::test]
 async fn a_batch_ends_once_its_bodies_reach_the_byte_limit() {
     let env = TestEnv::new().await;
-    let messages: Vec<Outgoing> = (0..30)
-        .map(|i| {
-            Outgoing::new(checkin_body(
-                &format!("00000000-0000-4000-8000-{i:012}"),
-                "b",
-            ))
-            .id(format!("b-{i}"))
-        })
-        .collect();
+    let messages: Vec<Outgoing> = (0..30).map(|i| numbered("b", i)).collect();
     let body = messages[0].body.len();
     env.broker.publish_checkins(&messages).await;
     let mut settings = env.settings();
@@ -88,13 +72,7 @@ async fn a_batch_is_written_in_one_round_trip() {
     let worker = RunningWorker::start(settings);
     // Start-up (bootstrap, first connections, statements prepared) goes
     // through the open gate.
-    let checkin = |i: usize| {
-        Outgoing::new(checkin_body(
-            &format!("00000000-0000-4000-8000-{i:012}"),
-            "r",
-        ))
-        .id(format!("r-{i}"))
-    };
+    let checkin = |i: usize| numbered("r", i);
     let version = |i: usize| {
         Outgoing::new(version_body(
             "router",
@@ -126,4 +104,13 @@ async fn a_batch_is_written_in_one_round_trip() {
     // Anything else the worker does in a transaction may wait: let it finish.
     gate.disarm();
     worker.stop().await.unwrap();
+}
+
+/// The `i`th checkin of a test tagged `tag`: cluster `i`, id `{tag}-{i}`.
+fn numbered(tag: &str, i: usize) -> Outgoing {
+    Outgoing::new(checkin_body(
+        &format!("00000000-0000-4000-8000-{i:012}"),
+        tag,
+    ))
+    .id(format!("{tag}-{i}"))
 }
