@@ -119,6 +119,8 @@ struct Run {
     floor: Option<latency::Latencies>,
     rss_mib: f64,
     cpu_us: f64,
+    /// `cpu_us` by kind of thread.
+    cpu_split: procfs::CpuByThread,
     resident: String,
     versions: f64,
 }
@@ -206,10 +208,18 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
             phases::worker_drain(limits, exe, checkins, args.messages, args.batch_size).await?;
         (run.backlog, run.rss_mib) = (drain.rate, drain.peak_rss_kib as f64 / 1024.0);
         run.cpu_us = drain.cpu_us_per_msg;
+        run.cpu_split = drain.cpu_split_us.unwrap_or_default();
         run.resident = drain.resident.map(|r| r.to_string()).unwrap_or_default();
         eprintln!(
-            "  worker backlog    {:>9.0} msgs/s, {:.1} µs CPU/msg, {:.0} msgs/batch, peak RSS {:.1} MiB ({})",
-            run.backlog, run.cpu_us, drain.mean_batch, run.rss_mib, run.resident
+            "  worker backlog    {:>9.0} msgs/s, {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.0} msgs/batch, peak RSS {:.1} MiB ({})",
+            run.backlog,
+            run.cpu_us,
+            run.cpu_split.runtime,
+            run.cpu_split.amqp_io,
+            run.cpu_split.other,
+            drain.mean_batch,
+            run.rss_mib,
+            run.resident
         );
     }
     if on(4) {
@@ -308,6 +318,12 @@ async fn print_report(args: &Args, runs: &[Run]) {
     println!(
         "| (3) worker CPU (user + system, all threads) per stored checkin | {cpu:.1} µs | ≤ 13 µs: {} |",
         verdict(cpu, cpu <= 13.0)
+    );
+    println!(
+        "| (3) of which runtime threads / AMQP I/O threads (lapin, one per connection) / other | {:.1} / {:.1} / {:.1} µs | |",
+        m(&|r| r.cpu_split.runtime),
+        m(&|r| r.cpu_split.amqp_io),
+        m(&|r| r.cpu_split.other)
     );
     println!(
         "| (4) worker, batch size 1, {} checkins | {:.0} msgs/s | |",

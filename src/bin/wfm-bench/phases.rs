@@ -133,6 +133,8 @@ pub struct Drain {
     /// The worker's CPU time (all threads, user + system) per stored message,
     /// from spawn to the last row committed.
     pub cpu_us_per_msg: f64,
+    /// The same by kind of thread (µs per message), read at the same time.
+    pub cpu_split_us: Option<procfs::CpuByThread>,
     /// The resident set at the end of the drain, by kind.
     pub resident: Option<procfs::Resident>,
     /// Messages per batch written, on average (from the worker's metrics).
@@ -224,6 +226,12 @@ pub async fn worker_drain_with(
     let rate = count as f64 / started.elapsed().as_secs_f64();
     let pid = worker.id().unwrap_or_default();
     let cpu_us_per_msg = procfs::cpu_secs(pid).unwrap_or(0.0) * 1e6 / count as f64;
+    let per_msg = |secs: f64| secs * 1e6 / count as f64;
+    let cpu_split_us = procfs::cpu_by_thread(pid).map(|s| procfs::CpuByThread {
+        runtime: per_msg(s.runtime),
+        amqp_io: per_msg(s.amqp_io),
+        other: per_msg(s.other),
+    });
     let peak_rss_kib = procfs::peak_rss_kib(pid).unwrap_or_default();
     let resident = procfs::resident(pid, exe);
     let mean_batch = mean_batch(http, &queue).await;
@@ -241,6 +249,7 @@ pub async fn worker_drain_with(
         rate,
         peak_rss_kib,
         cpu_us_per_msg,
+        cpu_split_us,
         resident,
         mean_batch,
     })

@@ -10,7 +10,49 @@ const TICKS_PER_SECOND: f64 = 100.0;
 pub fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat.rsplit_once(')')?.1;
+    utime_stime(stat.rsplit_once(')')?.1)
+}
+
+/// Where a process's CPU time went, by kind of thread: seconds (user +
+/// system) of the threads alive when it is read.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct CpuByThread {
+    /// tokio's runtime threads: deciding, writing, acking.
+    pub runtime: f64,
+    /// lapin's I/O threads, one per broker connection: socket reads and
+    /// writes, AMQP frame parsing, handing deliveries over.
+    pub amqp_io: f64,
+    /// Everything else (the main thread, blocking-pool threads).
+    pub other: f64,
+}
+
+/// [`CpuByThread`] of `pid`, from /proc/<pid>/task/*/stat.
+pub fn cpu_by_thread(pid: u32) -> Option<CpuByThread> {
+    let mut split = CpuByThread::default();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(stat) = std::fs::read_to_string(task.ok()?.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        if let Some((name, secs)) = thread_cpu(&stat) {
+            match name {
+                "tokio-rt-worker" => split.runtime += secs,
+                "lapin-io-loop" => split.amqp_io += secs,
+                _ => split.other += secs,
+            }
+        }
+    }
+    Some(split)
+}
+
+/// The command name and user + system CPU seconds of a /proc stat line.
+fn thread_cpu(stat: &str) -> Option<(&str, f64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
+    Some((name, utime_stime(rest)?))
+}
+
+/// utime + stime, in seconds, from the fields after a stat line's `(name)`.
+fn utime_stime(rest: &str) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name.
     let utime: f64 = fields.get(11)?.parse().ok()?;
@@ -100,4 +142,51 @@ pub fn resident(pid: u32, exe: &std::path::Path) -> Option<Resident> {
     }
     resident.threads = status_kib(pid, "Threads:").unwrap_or(0);
     Some(resident)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_stat_line_gives_its_name_and_cpu_seconds() {
+        // Fields 14 and 15 (utime, stime) are 150 and 25 ticks.
+        let stat = "4242 (lapin-io-loop) S 1 2 3 0 -1 4194368 10 0 0 0 150 25 0 0 20 0 6 0 100 0 0";
+        assert_eq!(thread_cpu(stat), Some(("lapin-io-loop", 1.75)));
+        // A name may hold spaces and parentheses; the last `)` ends it.
+        let odd = "7 (a (b) c) R 1 2 3 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 1 0 0";
+        assert_eq!(thread_cpu(odd), Some(("a (b) c", 0.03)));
+        assert_eq!(thread_cpu("7 (short) R 1"), None);
+    }
+
+    #[test]
+    fn threads_are_counted_by_their_name() {
+        // A thread named like lapin's burns 100 ms of CPU and stays alive
+        // (a thread that ended is no longer in /proc) until it is read.
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let (burnt, ready) = std::sync::mpsc::channel();
+        let burner = std::thread::Builder::new()
+            .name("lapin-io-loop".into())
+            .spawn(move || {
+                let own = || {
+                    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+                    thread_cpu(&stat).unwrap().1
+                };
+                let mut x = 0u64;
+                while own() < 0.1 {
+                    for _ in 0..1_000_000 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                }
+                burnt.send(()).unwrap();
+                let _ = wait.recv();
+            })
+            .unwrap();
+        ready.recv().unwrap();
+        let split = cpu_by_thread(std::process::id()).expect("/proc of this process");
+        done.send(()).unwrap();
+        burner.join().unwrap();
+        assert!(split.amqp_io >= 0.1, "{split:?}");
+        assert!(split.runtime < 0.05, "no tokio threads here: {split:?}");
+    }
 }
