@@ -183,7 +183,11 @@ async fn a_writer_takes_the_key_lock_before_it_touches_a_table() {
     let writer = tokio::spawn(async move {
         write_one(&mut pool.get().await.unwrap(), "behind-the-rotation").await
     });
-    let waiting = "SELECT locktype FROM pg_locks WHERE NOT granted";
+    // Only this test's database: parallel tests wait for locks of their own
+    // (a `transactionid` wait between two writers, say), and pg_locks shows
+    // the whole server's.
+    let waiting = "SELECT l.locktype FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                    WHERE NOT l.granted AND a.datname = current_database()";
     wait_until(
         "the writer to wait for a lock",
         Duration::from_secs(10),
