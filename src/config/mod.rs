@@ -205,6 +205,15 @@ pub struct PipelineSettings {
     pub max_deliveries: u32,
 }
 
+impl PipelineSettings {
+    /// Whether a batch of `messages` whose bodies add up to `bytes` is full:
+    /// at `batch_size` messages, or once the bodies reach `batch_bytes` (the
+    /// message that crosses it is in the batch).
+    pub fn batch_is_full(&self, messages: usize, bytes: usize) -> bool {
+        messages >= self.batch_size || bytes >= self.batch_bytes
+    }
+}
+
 impl Default for PipelineSettings {
     /// The defaults of `wfm-worker run`.
     fn default() -> Self {

@@ -193,7 +193,8 @@ impl<'s> Gathering<'s> {
     }
 
     fn is_full(&self) -> bool {
-        self.deliveries.len() >= self.settings.batch_size || self.bytes >= self.settings.batch_bytes
+        self.settings
+            .batch_is_full(self.deliveries.len(), self.bytes)
     }
 
     /// Whether what was ready at once looks like a stream (see [`fill_batch`]).

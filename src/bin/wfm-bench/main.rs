@@ -152,7 +152,11 @@ async fn main() -> anyhow::Result<()> {
         amqp_url: &args.amqp_url,
         prefetch: args.prefetch,
         batch_size: args.batch_size,
-        batch_bytes: worker_batch_bytes()?,
+        batches: wfm_worker::config::PipelineSettings {
+            batch_size: args.batch_size,
+            batch_bytes: worker_batch_bytes()?,
+            ..Default::default()
+        },
     };
     if args.history {
         return history::report(&args, &limits, &exe).await;

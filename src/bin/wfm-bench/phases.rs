@@ -9,6 +9,7 @@ use tokio::{process::Command, time::Instant};
 use wfm_worker::{
     app,
     broker::{CHECKIN_ROUTING_KEY, VERSION_ROUTING_KEY},
+    config::PipelineSettings,
     message::{self, Checkin, Envelope, Item},
     store,
 };
@@ -23,8 +24,9 @@ pub struct Limits<'a> {
     pub amqp_url: &'a str,
     pub prefetch: u16,
     pub batch_size: usize,
-    /// The worker's WFM_BATCH_BYTES (inherited from this process).
-    pub batch_bytes: usize,
+    /// Where the worker's batches end: `batch_size`, and its WFM_BATCH_BYTES
+    /// (inherited from this process).
+    pub batches: PipelineSettings,
 }
 
 /// (1) A consumer that only acks, with the worker's prefetch and ack style
@@ -43,9 +45,7 @@ pub async fn broker_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f
         in_batch += 1;
         batch_bytes += delivery.data.len();
         let last = pending.insert(delivery);
-        // Where the worker's batches end (see `batch_end`).
-        let full = in_batch == limits.batch_size || batch_bytes >= limits.batch_bytes;
-        if full || received == count {
+        if limits.batches.batch_is_full(in_batch, batch_bytes) || received == count {
             (in_batch, batch_bytes) = (0, 0);
             anyhow::ensure!(
                 last.acker.ack(BasicAckOptions { multiple: true }).await?,
@@ -117,13 +117,13 @@ pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result
 /// How many of `checkins` the worker's reader would put in one batch.
 fn batch_end(checkins: &[Item<Checkin<'_>>], limits: &Limits<'_>) -> usize {
     let mut bytes = 0;
-    for (at, checkin) in checkins.iter().take(limits.batch_size).enumerate() {
+    for (at, checkin) in checkins.iter().enumerate() {
         bytes += checkin.value.document.len();
-        if bytes >= limits.batch_bytes {
+        if limits.batches.batch_is_full(at + 1, bytes) {
             return at + 1;
         }
     }
-    checkins.len().min(limits.batch_size)
+    checkins.len()
 }
 
 /// What a worker drain measured.
@@ -225,13 +225,9 @@ pub async fn worker_drain_with(
     .await?;
     let rate = count as f64 / started.elapsed().as_secs_f64();
     let pid = worker.id().unwrap_or_default();
-    let cpu_us_per_msg = procfs::cpu_secs(pid).unwrap_or(0.0) * 1e6 / count as f64;
-    let per_msg = |secs: f64| secs * 1e6 / count as f64;
-    let cpu_split_us = procfs::cpu_by_thread(pid).map(|s| procfs::CpuByThread {
-        runtime: per_msg(s.runtime),
-        amqp_io: per_msg(s.amqp_io),
-        other: per_msg(s.other),
-    });
+    let us_per_msg = 1e6 / count as f64;
+    let cpu_us_per_msg = procfs::cpu_secs(pid).unwrap_or(0.0) * us_per_msg;
+    let cpu_split_us = procfs::cpu_by_thread(pid).map(|split| split.scaled(us_per_msg));
     let peak_rss_kib = procfs::peak_rss_kib(pid).unwrap_or_default();
     let resident = procfs::resident(pid, exe);
     let mean_batch = mean_batch(http, &queue).await;

@@ -26,6 +26,17 @@ pub struct CpuByThread {
     pub other: f64,
 }
 
+impl CpuByThread {
+    /// Each kind of thread's time multiplied by `factor` (to µs per message).
+    pub fn scaled(self, factor: f64) -> Self {
+        CpuByThread {
+            runtime: self.runtime * factor,
+            amqp_io: self.amqp_io * factor,
+            other: self.other * factor,
+        }
+    }
+}
+
 /// [`CpuByThread`] of `pid`, from /proc/<pid>/task/*/stat.
 pub fn cpu_by_thread(pid: u32) -> Option<CpuByThread> {
     let mut split = CpuByThread::default();
