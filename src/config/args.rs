@@ -306,6 +306,9 @@ impl DatabaseArgs {
             region: self.rds_region.clone(),
             iam_auth: self.rds_iam_auth,
         });
+        if rds.is_some() && !cfg!(feature = "rds") {
+            return Err(ConfigError::RdsNotBuilt);
+        }
         Ok(DatabaseSettings {
             config: url.config,
             pool_size: self.pool_size,

@@ -41,6 +41,10 @@ pub enum ConfigError {
         "WFM_RDS_IAM_AUTH sends a 15-minute password: it needs verified TLS (WFM_DATABASE_SSLMODE=verify-full, or verify-ca, with WFM_DATABASE_CA_FILE)"
     )]
     IamNeedsVerifiedTls,
+    #[error(
+        "WFM_RDS_INSTANCE_ID and WFM_RDS_IAM_AUTH need the AWS SDK, which this build of wfm-worker leaves out: build it with the cargo feature `rds` (on by default, and in the container image)"
+    )]
+    RdsNotBuilt,
     #[error("{variable} must not be {problem}")]
     Invalid {
         variable: &'static str,

@@ -86,16 +86,35 @@ fn iam_auth_needs_verified_tls() {
             "{shown}"
         );
     }
-    let settings = run(&[
-        "--rds-iam-auth",
-        "true",
-        "--database-sslmode",
-        "verify-full",
-        "--database-ca-file",
-        "/etc/rds.pem",
-    ])
-    .unwrap();
+}
+
+const IAM_OVER_VERIFIED_TLS: [&str; 6] = [
+    "--rds-iam-auth",
+    "true",
+    "--database-sslmode",
+    "verify-full",
+    "--database-ca-file",
+    "/etc/rds.pem",
+];
+
+#[cfg(feature = "rds")]
+#[test]
+fn iam_auth_over_verified_tls_is_taken() {
+    let settings = run(&IAM_OVER_VERIFIED_TLS).unwrap();
     assert!(settings.database.rds.unwrap().iam_auth);
+}
+
+#[cfg(not(feature = "rds"))]
+#[test]
+fn a_build_without_the_sdk_refuses_rds_settings_naming_the_feature() {
+    for args in [&["--rds-instance-id", "db"][..], &IAM_OVER_VERIFIED_TLS] {
+        let shown = refusal(args);
+        assert!(
+            shown.contains("WFM_RDS_INSTANCE_ID") && shown.contains("cargo feature `rds`"),
+            "{shown}"
+        );
+    }
+    assert!(run(&[]).unwrap().database.rds.is_none());
 }
 
 #[test]

@@ -28,31 +28,13 @@ pub enum SetupError {
 /// the instance is described first (that failing does fail start-up, with the
 /// reason).
 pub async fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, SetupError> {
-    let mut config = settings.config.clone();
-    let sdk = match &settings.rds {
-        Some(rds) if rds.instance_id.is_some() || rds.iam_auth => {
-            Some(rds::sdk_config(rds.region.as_deref()).await)
-        }
-        _ => None,
-    };
-    if let (Some(sdk), Some(instance_id)) = (
-        &sdk,
-        settings.rds.as_ref().and_then(|r| r.instance_id.as_deref()),
-    ) {
-        let endpoint = rds::discover(sdk, instance_id).await?;
-        config = at_endpoint(&config, &endpoint);
-        tracing::info!(instance = instance_id, host = %endpoint.host, port = endpoint.port, dbname = config.get_dbname().unwrap_or("?"), "discovered RDS instance");
-    }
+    let (mut config, iam) = rds::resolve(settings).await?;
     let connector = tls::connector(settings.ssl_mode, settings.ca_file.as_deref())?;
     config.ssl_mode(if connector.is_some() {
         PgSslMode::Require
     } else {
         PgSslMode::Disable
     });
-    let iam = match (sdk, settings.rds.as_ref().is_some_and(|r| r.iam_auth)) {
-        (Some(sdk), true) => Some(IamAuth::new(sdk)),
-        _ => None,
-    };
     tracing::info!(
         database = %describe_postgres(&config),
         sslmode = settings.ssl_mode.as_str(),
@@ -92,26 +74,6 @@ pub fn pool_with(
         .build_unchecked(Manager::new(config, tls, iam))
 }
 
-/// The URL's user, password, database and options, at the discovered host and
-/// port; the instance's own database name wins when it has one.
-fn at_endpoint(url: &Config, endpoint: &rds::Endpoint) -> Config {
-    let mut config = Config::new();
-    config.host(&endpoint.host).port(endpoint.port);
-    if let Some(user) = url.get_user() {
-        config.user(user);
-    }
-    if let Some(password) = url.get_password() {
-        config.password(password);
-    }
-    if let Some(dbname) = endpoint.dbname.as_deref().or(url.get_dbname()) {
-        config.dbname(dbname);
-    }
-    if let Some(name) = url.get_application_name() {
-        config.application_name(name);
-    }
-    config
-}
-
 /// bb8 only says "timed out" to the caller; this logs why connecting failed.
 #[derive(Debug, Clone, Copy)]
 struct LogSink;
@@ -127,31 +89,5 @@ impl bb8::ErrorSink<ConnectError> for LogSink {
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<ConnectError>> {
         Box::new(*self)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn discovered_endpoint_keeps_the_urls_credentials_and_prefers_the_instance_database() {
-        let url: Config = "postgres://wfm:pw@localhost:5432/fallback".parse().unwrap();
-        let endpoint = rds::Endpoint {
-            host: "db.rds.amazonaws.com".into(),
-            port: 6543,
-            dbname: Some("workflow".into()),
-        };
-        let config = at_endpoint(&url, &endpoint);
-        assert_eq!(
-            describe_postgres(&config),
-            "wfm@db.rds.amazonaws.com:6543/workflow"
-        );
-        assert_eq!(config.get_password(), Some(&b"pw"[..]));
-        let endpoint = rds::Endpoint {
-            dbname: None,
-            ..endpoint
-        };
-        assert_eq!(at_endpoint(&url, &endpoint).get_dbname(), Some("fallback"));
     }
 }

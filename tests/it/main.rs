@@ -18,6 +18,7 @@ mod kubernetes;
 mod memory;
 mod operations;
 mod publisher;
+#[cfg(feature = "rds")]
 mod rds;
 mod readers;
 mod rejections;

@@ -6,15 +6,22 @@
 //! `<id>.aaaaaaaaaa.<region>.rds.amazonaws.com:5432`; `scripts/test.sh` maps
 //! that name (for the instance id used here) to 127.0.0.1 in `/etc/hosts`, so
 //! the worker really connects where RDS says — the local PostgreSQL.
+//!
+//! And IAM database auth: a fresh token per pooled connection, over TLS.
+//! (All of it needs the cargo feature `rds`, on by default.)
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_rds::config::{Credentials, SharedCredentialsProvider};
 use tokio::process::{Child, Command};
+use wfm_worker::{
+    config::{DatabaseSettings, SslMode},
+    store::{self, rds::IamAuth, tls},
+};
 
 use crate::support::{
-    TestEnv,
+    TestDb, TestEnv,
     process::{free_port, worker_command},
     wait_until,
 };
@@ -311,4 +318,56 @@ async fn an_instance_still_rebooting_is_waited_for_and_one_backing_up_is_used() 
     );
     crate::support::process::signal(&child, "-TERM").await;
     assert!(child.wait().await.unwrap().success());
+}
+
+fn static_aws() -> SdkConfig {
+    SdkConfig::builder()
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "AKIDTEST", "secret", None, None, "test",
+        )))
+        .region(Region::new("us-east-1"))
+        .time_source(aws_smithy_async::time::SystemTimeSource::new())
+        .behavior_version(BehaviorVersion::latest())
+        .build()
+}
+
+#[tokio::test]
+async fn iam_auth_mints_a_fresh_token_for_every_new_pooled_connection() {
+    let db = TestDb::create().await;
+    let mut settings = DatabaseSettings::plain(db.url().parse().unwrap(), 3);
+    settings.ssl_mode = SslMode::Require;
+    let iam = IamAuth::new(static_aws());
+    let connector = tls::connector(SslMode::Require, None).unwrap();
+    let pool = store::pool_with(
+        &settings,
+        settings.config.clone(),
+        connector,
+        Some(iam.clone()),
+    );
+
+    let (a, b, c) = tokio::join!(pool.get(), pool.get(), pool.get());
+    let held = [a.unwrap(), b.unwrap(), c.unwrap()];
+    for conn in &held {
+        let encrypted: bool = conn
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(encrypted, "IAM tokens only travel over TLS");
+    }
+    assert_eq!(iam.minted(), 3, "one token per connection");
+    drop(held);
+    drop(pool.get().await.unwrap());
+    assert_eq!(iam.minted(), 3, "a reused connection needs no new token");
+    pool.get().await.unwrap().mark_broken();
+    let (a, b, c) = tokio::join!(pool.get(), pool.get(), pool.get());
+    drop((a.unwrap(), b.unwrap(), c.unwrap()));
+    assert_eq!(
+        iam.minted(),
+        4,
+        "the replacement of a broken connection gets its own token"
+    );
 }

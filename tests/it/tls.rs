@@ -1,14 +1,12 @@
 //! TLS: to PostgreSQL in each sslmode (against the local server, given a
-//! certificate these tests make), IAM tokens per pooled connection, and amqps.
+//! certificate these tests make), and amqps. (IAM tokens over TLS: `rds`.)
 
 use std::{path::Path, time::Duration};
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_rds::config::{Credentials, SharedCredentialsProvider};
 use tokio_postgres::Client;
 use wfm_worker::{
     config::{DatabaseSettings, SslMode},
-    store::{self, rds::IamAuth, tls},
+    store,
 };
 
 use crate::support::{
@@ -172,58 +170,6 @@ async fn postgres_tls_modes_connect_or_refuse_as_libpq_does() {
         .unwrap_err();
     assert!(missing.contains("WFM_DATABASE_CA_FILE"), "{missing}");
     restore(admin).await;
-}
-
-fn static_aws() -> SdkConfig {
-    SdkConfig::builder()
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-            "AKIDTEST", "secret", None, None, "test",
-        )))
-        .region(Region::new("us-east-1"))
-        .time_source(aws_smithy_async::time::SystemTimeSource::new())
-        .behavior_version(BehaviorVersion::latest())
-        .build()
-}
-
-#[tokio::test]
-async fn iam_auth_mints_a_fresh_token_for_every_new_pooled_connection() {
-    let db = TestDb::create().await;
-    let mut settings = DatabaseSettings::plain(db.url().parse().unwrap(), 3);
-    settings.ssl_mode = SslMode::Require;
-    let iam = IamAuth::new(static_aws());
-    let connector = tls::connector(SslMode::Require, None).unwrap();
-    let pool = store::pool_with(
-        &settings,
-        settings.config.clone(),
-        connector,
-        Some(iam.clone()),
-    );
-
-    let (a, b, c) = tokio::join!(pool.get(), pool.get(), pool.get());
-    let held = [a.unwrap(), b.unwrap(), c.unwrap()];
-    for conn in &held {
-        let encrypted: bool = conn
-            .query_one(
-                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert!(encrypted, "IAM tokens only travel over TLS");
-    }
-    assert_eq!(iam.minted(), 3, "one token per connection");
-    drop(held);
-    drop(pool.get().await.unwrap());
-    assert_eq!(iam.minted(), 3, "a reused connection needs no new token");
-    pool.get().await.unwrap().mark_broken();
-    let (a, b, c) = tokio::join!(pool.get(), pool.get(), pool.get());
-    drop((a.unwrap(), b.unwrap(), c.unwrap()));
-    assert_eq!(
-        iam.minted(),
-        4,
-        "the replacement of a broken connection gets its own token"
-    );
 }
 
 #[tokio::test]

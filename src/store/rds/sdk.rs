@@ -1,5 +1,5 @@
-//! AWS RDS: finding the instance (DescribeDBInstances), and IAM database
-//! authentication tokens.
+//! The AWS SDK's part (cargo feature `rds`): finding the instance
+//! (DescribeDBInstances), and IAM database authentication tokens.
 //!
 //! Credentials and region come from the standard AWS chain (environment,
 //! profile, web identity, container or instance role); `AWS_ENDPOINT_URL` and
@@ -22,88 +22,7 @@ use aws_sdk_rds::{
 };
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
-#[derive(Debug, thiserror::Error)]
-pub enum RdsError {
-    #[error(
-        "no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or a role): {0}"
-    )]
-    Credentials(String),
-    #[error("RDS instance {0} (WFM_RDS_INSTANCE_ID) was not found")]
-    NotFound(String),
-    #[error("RDS instance {id} is {status}, which cannot serve connections")]
-    Unusable { id: String, status: String },
-    #[error("RDS instance {id} is {status}; waiting for it to serve connections")]
-    NotYetServing { id: String, status: String },
-    #[error("RDS instance {id} runs {engine}, not PostgreSQL")]
-    NotPostgres { id: String, engine: String },
-    #[error("RDS instance {0} has no endpoint yet")]
-    NoEndpoint(String),
-    #[error("DescribeDBInstances for {id} failed: {reason}")]
-    Api { id: String, reason: String },
-    #[error("cannot make an IAM auth token: {0}")]
-    Token(String),
-}
-
-impl RdsError {
-    /// Whether trying again later can succeed: an instance that is starting,
-    /// rebooting or being maintained, or an API call that failed on the way.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::NotYetServing { .. } | Self::Api { .. })
-    }
-}
-
-/// What an instance status means for connecting now (the statuses of
-/// <https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/accessing-monitoring.html>).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// Serves connections, maybe while the instance is being changed.
-    Serving,
-    /// Will serve again without anyone's help: wait.
-    Transient,
-    /// Cannot serve until an operator acts: refuse start-up, saying why.
-    Unusable,
-}
-
-impl Status {
-    pub fn of(status: &str) -> Status {
-        match status {
-            "available"
-            | "backing-up"
-            | "configuring-enhanced-monitoring"
-            | "configuring-iam-database-auth"
-            | "configuring-log-exports"
-            | "converting-to-vpc"
-            | "modifying"
-            | "moving-to-vpc"
-            | "resetting-master-credentials"
-            | "storage-optimization" => Status::Serving,
-            "stopped"
-            | "stopping"
-            | "deleting"
-            | "failed"
-            | "inaccessible-encryption-credentials"
-            | "incompatible-credentials"
-            | "incompatible-network"
-            | "incompatible-option-group"
-            | "incompatible-parameters"
-            | "incompatible-restore"
-            | "insufficient-capacity"
-            | "restore-error" => Status::Unusable,
-            // creating, starting, rebooting, renaming, upgrading, maintenance,
-            // storage-full, storage-config-upgrade, …, and statuses AWS adds later.
-            _ => Status::Transient,
-        }
-    }
-}
-
-/// Where the instance is, as RDS reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    /// The instance's initial database, when it was created with one.
-    pub dbname: Option<String>,
-}
+use super::{Endpoint, RdsError, Status};
 
 /// The standard AWS configuration, with `region` (WFM_RDS_REGION) over the
 /// standard region settings when given.
@@ -191,11 +110,6 @@ pub async fn discover(sdk: &SdkConfig, instance_id: &str) -> Result<Endpoint, Rd
     })
 }
 
-/// Registers `wfm_database_auth_tokens_total` at zero.
-pub fn register_metrics() {
-    metrics::counter!("wfm_database_auth_tokens_total").increment(0);
-}
-
 /// Mints IAM database authentication tokens, counting them.
 #[derive(Clone, Debug)]
 pub struct IamAuth {
@@ -237,32 +151,6 @@ impl IamAuth {
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn instances_that_serve_traffic_are_usable_and_others_wait_or_refuse() {
-        for serving in [
-            "available",
-            "backing-up",
-            "modifying",
-            "configuring-enhanced-monitoring",
-            "storage-optimization",
-        ] {
-            assert_eq!(Status::of(serving), Status::Serving, "{serving}");
-        }
-        for waiting in [
-            "creating",
-            "starting",
-            "rebooting",
-            "upgrading",
-            "maintenance",
-            "some-new-status",
-        ] {
-            assert_eq!(Status::of(waiting), Status::Transient, "{waiting}");
-        }
-        for refused in ["stopped", "deleting", "failed", "incompatible-parameters"] {
-            assert_eq!(Status::of(refused), Status::Unusable, "{refused}");
-        }
-    }
 
     use aws_sdk_rds::config::{Credentials, SharedCredentialsProvider};
     use aws_smithy_async::time::StaticTimeSource;
