@@ -17,7 +17,7 @@ if [ -z "${WFM_DATABASE_URL:-}" ]; then
   # The worker reads only WFM_DATABASE_URL: point it at the database made above.
   export WFM_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 fi
-# The AWS SDK (cargo feature `rds`) is a quarter of a cold build's CPU and a
+# The AWS SDK (cargo feature `rds`) is a third of a cold build's CPU and a
 # local database does not need it: it is built in only when RDS is asked for.
 features=(--no-default-features)
 if [ -n "${WFM_RDS_INSTANCE_ID:-}" ] || [ "${WFM_RDS_IAM_AUTH:-false}" != false ] ||

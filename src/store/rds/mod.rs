@@ -4,7 +4,7 @@
 //! The AWS SDK behind them is the cargo feature `rds`, on by default and in the
 //! container image. Without it (`--no-default-features`, as
 //! `scripts/run-local.sh` builds for a local database) the build takes a
-//! quarter less CPU; the settings are then refused at start-up, saying so.
+//! third less CPU; the settings are then refused at start-up, saying so.
 
 use tokio_postgres::Config;
 
