@@ -140,9 +140,14 @@ async fn the_brokers_consumer_timeout_closing_the_channel_is_recovered_not_fatal
     database.cut();
     let stored = env.stored().await;
     assert!(stored > 0 && stored < 3_000, "struck mid-stream: {stored}");
+    // What it takes: the time-out (3 s) and the broker's next tick (1 s); the
+    // batch in flight giving up on the pool (10 s) before the pipeline tears
+    // down; a reconnect; each look through `rabbitmqctl` on the private node.
+    // ~10 s on an idle machine; the margin is for a loaded 2-core CI run, where
+    // 30 s was once too short.
     wait_until(
         "a new connection after the time-out",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             connection_of(&node, &name)
                 .await
