@@ -315,6 +315,7 @@ impl DatabaseArgs {
             ssl_mode,
             ca_file,
             rds,
+            pool_wait: super::DEFAULT_POOL_WAIT,
         })
     }
 }

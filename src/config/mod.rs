@@ -142,7 +142,14 @@ pub struct DatabaseSettings {
     pub ca_file: Option<PathBuf>,
     /// RDS discovery and IAM authentication, when configured.
     pub rds: Option<RdsSettings>,
+    /// How long a batch waits for a pool connection before the attempt counts
+    /// as failed (and is retried after a backoff).
+    pub pool_wait: Duration,
 }
+
+/// Long enough for a connection to a healthy database that is merely slow to
+/// accept, short enough that an outage shows in readiness and logs soon.
+pub const DEFAULT_POOL_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RdsSettings {
@@ -160,6 +167,7 @@ impl DatabaseSettings {
             ssl_mode: SslMode::Disable,
             ca_file: None,
             rds: None,
+            pool_wait: DEFAULT_POOL_WAIT,
         }
     }
 }

@@ -224,21 +224,32 @@ impl Storable for VersionEvent<'_> {
     }
 }
 
-/// One attempt: a connection (waiting for it gives way to shutdown; a batch
-/// already writing is never cut), then the write.
+/// Why an attempt ended without writing.
+enum Halt {
+    /// Shutdown came: the batch is handed back.
+    Shutdown,
+    /// The channel is lost: the batch can no longer be acked.
+    Abandoned,
+}
+
+/// One attempt: a connection, then the write. Waiting for the connection
+/// gives way to shutdown and to a lost channel: in a database outage that wait
+/// is the pool's whole `pool_wait`, and a batch that can no longer be acked
+/// would hold up the reconnect that long. A batch already writing is never cut.
 async fn attempt<T: Storable>(
     context: &QueueContext,
     items: &[Item<T>],
-) -> Option<Result<WriteOutcome, StoreError>> {
+) -> Result<Result<WriteOutcome, StoreError>, Halt> {
     let connection = tokio::select! {
         biased;
-        () = context.shutdown.cancelled() => return None,
+        () = context.abandon.cancelled() => return Err(Halt::Abandoned),
+        () = context.shutdown.cancelled() => return Err(Halt::Shutdown),
         connection = context.pool.get() => connection,
     };
-    match connection {
-        Ok(mut conn) => Some(T::write(&mut conn, items).await),
-        Err(error) => Some(Err(error.into())),
-    }
+    Ok(match connection {
+        Ok(mut conn) => T::write(&mut conn, items).await,
+        Err(error) => Err(error.into()),
+    })
 }
 
 /// Writes the items, retrying the whole batch while the failure is transient.
@@ -252,12 +263,13 @@ async fn write<T: Storable>(
     let mut delay = BACKOFF_START;
     for attempt_number in 1u32.. {
         let error = match attempt(context, items).await {
-            None => return Ok(Written::Interrupted),
-            Some(Ok(outcome)) => {
+            Err(Halt::Shutdown) => return Ok(Written::Interrupted),
+            Err(Halt::Abandoned) => return Err(PipelineError::Abandoned(context.queue.clone())),
+            Ok(Ok(outcome)) => {
                 context.readiness.database_ok();
                 return Ok(Written::Outcome(outcome));
             }
-            Some(Err(error)) => error,
+            Ok(Err(error)) => error,
         };
         if error.class() != ErrorClass::Transient || matches!(error, StoreError::Systemic { .. }) {
             tracing::error!(queue = %context.queue, error = %error, "the database refuses every write; pausing the queue");
@@ -268,6 +280,7 @@ async fn write<T: Storable>(
             .readiness
             .database_failed(DatabaseProblem::WritesFail);
         tokio::select! {
+            biased;
             () = context.abandon.cancelled() => return Err(PipelineError::Abandoned(context.queue.clone())),
             () = context.shutdown.cancelled() => return Ok(Written::Interrupted),
             () = tokio::time::sleep(delay) => {}

@@ -69,7 +69,7 @@ pub fn pool_with(
         // small batch; broken connections are noticed by `is_closed` and by the
         // error classifier instead.
         .test_on_check_out(false)
-        .connection_timeout(Duration::from_secs(10))
+        .connection_timeout(settings.pool_wait)
         .error_sink(Box::new(LogSink))
         .build_unchecked(Manager::new(config, tls, iam))
 }

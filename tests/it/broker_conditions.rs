@@ -130,6 +130,9 @@ async fn the_brokers_consumer_timeout_closing_the_channel_is_recovered_not_fatal
     settings.database.config = env.db.url_via(database.addr).parse().unwrap();
     settings.pipeline.batch_size = 50;
     settings.pipeline.prefetch = 100;
+    // Far beyond the deadline below: a batch whose channel is gone must give
+    // up its wait for a database connection, not wait this out first.
+    settings.database.pool_wait = Duration::from_secs(300);
     let name = settings.broker.connection_name.clone();
     let worker = RunningWorker::start(settings);
     env.wait_for_progress(300).await;
@@ -141,10 +144,10 @@ async fn the_brokers_consumer_timeout_closing_the_channel_is_recovered_not_fatal
     let stored = env.stored().await;
     assert!(stored > 0 && stored < 3_000, "struck mid-stream: {stored}");
     // What it takes: the time-out (3 s) and the broker's next tick (1 s); the
-    // batch in flight giving up on the pool (10 s) before the pipeline tears
-    // down; a reconnect; each look through `rabbitmqctl` on the private node.
-    // ~10 s on an idle machine; the margin is for a loaded 2-core CI run, where
-    // 30 s was once too short.
+    // channel watch noticing (0.25 s), and the batches in flight giving up
+    // their wait for a pool connection; a reconnect; each look through
+    // `rabbitmqctl` on the private node. ~5 s on an idle machine; the margin is
+    // for a loaded 2-core CI run.
     wait_until(
         "a new connection after the time-out",
         Duration::from_secs(60),
