@@ -176,11 +176,15 @@ async fn list_shows_dead_letters_and_replay_returns_them_to_their_queue_once_con
         1,
     )
     .await;
+    // The message not replayed was held unacked by the command: back once the
+    // broker has requeued it (asynchronously, after the command's connection closed).
+    env.wait_for_dead_letters(1).await;
     assert_eq!(
         env.broker
             .ready(&env.broker.topology.dead_letter_queue)
             .await,
-        1
+        1,
+        "only the fixable message left the dead-letter queue"
     );
 
     // Replaying the hopeless one puts it back, once, with its reason.
