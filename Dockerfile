@@ -6,19 +6,20 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, in a layer of their own: rebuilt only when the manifest
 # or the lock file changes, not on every source edit. RDS discovery and IAM
-# auth (`rds`, a default feature) are named so the image never loses them.
+# auth (`rds`) and the trace exporter (`otlp`), default features, are named so
+# the image never loses them.
 COPY Cargo.toml Cargo.lock build.rs ./
 RUN mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && cargo build --release --locked --features rds --bin wfm-worker \
+ && cargo build --release --locked --features rds,otlp --bin wfm-worker \
  && rm -rf src
 COPY sql ./sql
 COPY config ./config
 COPY src ./src
 # touch: make cargo see the real sources as newer than the placeholder build.
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked --features rds --bin wfm-worker \
+ && cargo build --release --locked --features rds,otlp --bin wfm-worker \
  && cp target/release/wfm-worker /usr/local/bin/wfm-worker
 
 FROM debian:bookworm-slim

@@ -17,11 +17,19 @@ if [ -z "${WFM_DATABASE_URL:-}" ]; then
   # The worker reads only WFM_DATABASE_URL: point it at the database made above.
   export WFM_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 fi
-# The AWS SDK (cargo feature `rds`) is a third of a cold build's CPU and a
-# local database does not need it: it is built in only when RDS is asked for.
-features=(--no-default-features)
+# The AWS SDK (cargo feature `rds`, a third of a cold build's CPU) and the
+# OpenTelemetry exporter (`otlp`) are left out unless asked for: a local
+# database needs neither, and a first run builds that much sooner.
+wanted=()
 if [ -n "${WFM_RDS_INSTANCE_ID:-}" ] || [ "${WFM_RDS_IAM_AUTH:-false}" != false ] ||
   [[ " $* " == *" --rds-"* ]]; then
-  features=()
+  wanted+=(rds)
+fi
+if [ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}${OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:-}" ]; then
+  wanted+=(otlp)
+fi
+features=(--no-default-features)
+if [ ${#wanted[@]} -gt 0 ]; then
+  features+=(--features "$(IFS=,; echo "${wanted[*]}")")
 fi
 exec cargo run --release --locked "${features[@]}" --bin wfm-worker -- run "$@"

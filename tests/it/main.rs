@@ -28,5 +28,6 @@ mod support;
 mod systemic;
 mod tls;
 mod topology;
+#[cfg(feature = "otlp")]
 mod traces;
 mod versions;

@@ -5,6 +5,7 @@ use std::{
     time::Duration,
 };
 
+use super::TracesError;
 use lapin::types::{AMQPValue, FieldTable};
 use opentelemetry::{
     Context, KeyValue,
@@ -12,7 +13,6 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::{Link, Span, SpanKind, TraceContextExt, Tracer},
 };
-use super::TracesError;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{
     Resource, propagation::TraceContextPropagator, runtime, trace::SdkTracerProvider,

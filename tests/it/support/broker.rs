@@ -253,6 +253,7 @@ impl TestBroker {
     }
 
     /// Takes one message from the checkin queue (acking it), if there is one.
+    #[cfg(feature = "otlp")]
     pub async fn get_checkin(&self) -> Option<BasicGetMessage> {
         self.channel
             .basic_get(

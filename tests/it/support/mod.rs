@@ -11,6 +11,7 @@ pub mod history;
 pub mod hostile;
 pub mod legacy;
 pub mod node;
+#[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod process;
 pub mod proxy;
