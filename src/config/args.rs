@@ -397,6 +397,7 @@ impl PipelineArgs {
             batch_linger: Duration::from_millis(self.batch_linger_ms),
             limits,
             max_deliveries: self.max_deliveries,
+            first_pause: super::DEFAULT_FIRST_PAUSE,
         })
     }
 }

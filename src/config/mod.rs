@@ -215,7 +215,13 @@ pub struct PipelineSettings {
     /// Size, depth and clock rules every message is held to.
     pub limits: Limits,
     pub max_deliveries: u32,
+    /// A queue's first pause when the database refuses every write; each
+    /// pause in a row doubles it, up to a minute (or this, when longer).
+    pub first_pause: Duration,
 }
+
+/// Short enough that a passing fault (a grant restored) costs little.
+pub const DEFAULT_FIRST_PAUSE: Duration = Duration::from_secs(1);
 
 impl PipelineSettings {
     /// Whether a batch of `messages` whose bodies add up to `bytes` is full:
@@ -236,6 +242,7 @@ impl Default for PipelineSettings {
             batch_linger: Duration::from_millis(5),
             limits: Limits::default(),
             max_deliveries: 5,
+            first_pause: DEFAULT_FIRST_PAUSE,
         }
     }
 }

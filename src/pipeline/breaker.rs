@@ -2,7 +2,9 @@
 //! says so: a revoked grant, a missing table, a trigger refusing everything),
 //! no message is to blame, so none may be dead-lettered or burn its attempts.
 //! The queue stops consuming, hands everything back, says why on `/readyz`,
-//! and tries again after a pause: 1 s, doubling to 60 s, until a batch stores.
+//! and tries again after a pause: 1 s (`first_pause`), doubling to 60 s,
+//! until a batch stores. A lost channel ends the pause early (see the
+//! reader's `pause`).
 
 use std::{
     sync::{Mutex, MutexGuard},
@@ -12,10 +14,10 @@ use std::{
 use tokio::sync::Notify;
 
 /// One queue's switch, shared by its reader and its batches.
-#[derive(Default)]
 pub(super) struct Breaker {
     state: Mutex<State>,
     tripped: Notify,
+    first_pause: Duration,
 }
 
 #[derive(Default)]
@@ -26,10 +28,18 @@ struct State {
     pauses: u32,
 }
 
-const FIRST_PAUSE: Duration = Duration::from_secs(1);
 const LONGEST_PAUSE: Duration = Duration::from_secs(60);
 
 impl Breaker {
+    /// A switch whose pauses start at `first_pause`.
+    pub fn new(first_pause: Duration) -> Breaker {
+        Breaker {
+            state: Mutex::default(),
+            tripped: Notify::new(),
+            first_pause,
+        }
+    }
+
     /// A batch found the database failing as a whole.
     pub fn trip(&self, reason: &str) {
         let mut state = self.lock();
@@ -61,9 +71,10 @@ impl Breaker {
     pub fn pause(&self) -> (String, Duration) {
         let mut state = self.lock();
         let reason = state.pending.take().unwrap_or_default();
-        let pause = FIRST_PAUSE
+        let pause = self
+            .first_pause
             .saturating_mul(1 << state.pauses.min(6))
-            .min(LONGEST_PAUSE);
+            .min(LONGEST_PAUSE.max(self.first_pause));
         state.pauses += 1;
         (reason, pause)
     }
@@ -86,7 +97,7 @@ mod tests {
 
     #[test]
     fn pauses_double_to_a_minute_and_start_over_after_a_success() {
-        let breaker = Breaker::default();
+        let breaker = Breaker::new(Duration::from_secs(1));
         let mut pauses = Vec::new();
         for _ in 0..8 {
             breaker.trip("x");
@@ -95,12 +106,21 @@ mod tests {
         assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 60, 60]);
         breaker.reset();
         breaker.trip("x");
-        assert_eq!(breaker.pause(), ("x".to_owned(), FIRST_PAUSE));
+        assert_eq!(breaker.pause(), ("x".to_owned(), Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_first_pause_beyond_a_minute_is_not_cut_short() {
+        let breaker = Breaker::new(Duration::from_secs(300));
+        breaker.trip("x");
+        assert_eq!(breaker.pause().1, Duration::from_secs(300));
+        breaker.trip("x");
+        assert_eq!(breaker.pause().1, Duration::from_secs(300));
     }
 
     #[tokio::test]
     async fn a_trip_before_waiting_is_not_missed() {
-        let breaker = Breaker::default();
+        let breaker = Breaker::new(Duration::from_secs(1));
         breaker.trip("first");
         breaker.trip("second");
         breaker.tripped().await;

@@ -81,7 +81,8 @@ pub async fn process_batch(
 ) -> Result<BatchReport, PipelineError> {
     let decided = decide(context, deliveries).await?;
     let report = decided.report.clone();
-    let acker = super::acker::Acker::new(context, std::sync::Arc::default());
+    let breaker = super::breaker::Breaker::new(context.settings.first_pause);
+    let acker = super::acker::Acker::new(context, std::sync::Arc::new(breaker));
     let copies = acker.copies();
     acker.acknowledge(decided).await?;
     copies.wait_for_confirms(&context.abandon).await;

@@ -129,7 +129,7 @@ pub async fn run_queue(
     let queue = context.queue.clone();
     tracing::info!(queue = %queue, "consuming");
     let (to_acker, in_order) = mpsc::channel(context.kind.in_flight());
-    let breaker = Arc::new(breaker::Breaker::default());
+    let breaker = Arc::new(breaker::Breaker::new(context.settings.first_pause));
     let acker = acker::Acker::new(&context, breaker.clone());
     let copies = acker.copies();
     let acking = tokio::spawn(acker.run(in_order));

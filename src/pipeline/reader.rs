@@ -136,7 +136,12 @@ async fn pause(
         .set_queue(&context.queue, QueueState::Paused(reason));
     let tag = consumer.tag();
     release(cancel_and_drain(channel, consumer).await?, to_acker).await;
+    // A lost channel ends the pause too: when every queue of the connection
+    // is paused, nothing else would notice until the pause (up to a minute)
+    // ran out, and only then reconnect.
     tokio::select! {
+        biased;
+        () = context.abandon.cancelled() => return Err(PipelineError::Abandoned(context.queue.clone())),
         () = context.shutdown.cancelled() => {}
         () = tokio::time::sleep(pause) => {}
     }

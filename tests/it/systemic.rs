@@ -6,7 +6,11 @@ use std::{sync::Mutex, time::Duration};
 use wfm_worker::http;
 
 use crate::support::{
-    Outgoing, RunningWorker, TestEnv, checkin_body, process::free_port, sample, wait_until,
+    Outgoing, RunningWorker, TestEnv,
+    broker::{close_connection_named, connection_pids},
+    checkin_body,
+    process::free_port,
+    sample, version_body, wait_until,
 };
 
 const TOTAL: i64 = 5_000;
@@ -98,4 +102,82 @@ async fn a_revoked_grant_pauses_the_queue_without_dead_lettering_and_it_resumes_
     })
     .await;
     worker.stop().await.unwrap();
+}
+
+/// Every queue of a connection paused, then the connection lost: the pause
+/// gives way at once and the worker reconnects, instead of sleeping the pause
+/// out (here far longer than this test's deadline) before noticing.
+#[tokio::test]
+async fn a_connection_lost_while_every_queue_is_paused_is_replaced_at_once() {
+    let env = TestEnv::new().await;
+    let role = env.db.worker_role().await;
+    env.broker.publish_checkins(&stream()).await;
+    let mut settings = env.settings();
+    settings.database = env.db.settings_as(&role);
+    settings.pipeline.batch_size = 50;
+    settings.pipeline.prefetch = 100;
+    settings.pipeline.first_pause = Duration::from_secs(300);
+    let addr = free_port();
+    settings.http_addr = Some(addr);
+    let name = settings.broker.connection_name.clone();
+    let worker = RunningWorker::start(settings);
+    env.wait_for_rows(CHECKINS, 500).await;
+
+    let admin = env.db.client().await;
+    let revoke = format!("REVOKE INSERT ON clusters_checkins, version_publishes FROM {role}");
+    admin.batch_execute(&revoke).await.unwrap();
+    let versions: Vec<Outgoing> = (0..20)
+        .map(|i| {
+            let version = format!("v1.{i}.0");
+            Outgoing::new(version_body(
+                "deis-router",
+                "stable",
+                &version,
+                "2016-08-02T17:00:00Z",
+                "n",
+            ))
+            .id(format!("v-{i}"))
+        })
+        .collect();
+    env.broker.publish_versions(&versions).await;
+    let topology = &env.broker.topology;
+    wait_until("both queues to pause", Duration::from_secs(30), || async {
+        let (_, text) = http::get(addr, "/readyz").await.unwrap();
+        [&topology.checkin_queue, &topology.version_queue]
+            .iter()
+            .all(|queue| is_paused(&text, queue))
+    })
+    .await;
+    let stored = env.db.count(CHECKINS).await;
+    assert!(
+        stored > 0 && stored < TOTAL,
+        "struck mid-stream: {stored} of {TOTAL}"
+    );
+
+    let first = connection_pids(&name).await;
+    close_connection_named(&name).await;
+    let grant = format!("GRANT INSERT ON clusters_checkins, version_publishes TO {role}");
+    admin.batch_execute(&grant).await.unwrap();
+    wait_until(
+        "a new broker connection, long before the pause ends",
+        Duration::from_secs(45),
+        || async {
+            let now = connection_pids(&name).await;
+            !now.is_empty() && now.iter().all(|pid| !first.contains(pid))
+        },
+    )
+    .await;
+    env.wait_for_rows(CHECKINS, TOTAL).await;
+    env.wait_for_rows("SELECT count(*) FROM versions", 20).await;
+    let dead = env.broker.topology.dead_letter_queue.clone();
+    assert_eq!(env.broker.ready(&dead).await, 0, "nothing dead-lettered");
+    worker.stop().await.unwrap();
+}
+
+/// Whether the `/readyz` body says `queue` is paused.
+fn is_paused(readyz: &str, queue: &str) -> bool {
+    let body: serde_json::Value = serde_json::from_str(readyz).unwrap_or_default();
+    body["checks"]["queues"][queue]
+        .as_str()
+        .is_some_and(|state| state.starts_with("paused"))
 }
