@@ -126,7 +126,7 @@ async fn postgres_tls_modes_connect_or_refuse_as_libpq_does() {
         "the server to present the test certificate",
         Duration::from_secs(20),
         || async {
-            try_connect(&db, "localhost", SslMode::VerifyFull, Some(&ca))
+            try_connect(&db, "localhost", SslMode::VerifyFull, Some(ca.as_path()))
                 .await
                 .is_ok()
         },
@@ -138,26 +138,36 @@ async fn postgres_tls_modes_connect_or_refuse_as_libpq_does() {
         Ok(true)
     );
     assert_eq!(
-        try_connect(&db, "localhost", SslMode::VerifyFull, Some(&ca)).await,
+        try_connect(&db, "localhost", SslMode::VerifyFull, Some(ca.as_path())).await,
         Ok(true)
     );
-    let wrong_issuer = try_connect(&db, "localhost", SslMode::VerifyFull, Some(&wrong_ca))
-        .await
-        .unwrap_err();
+    let wrong_issuer = try_connect(
+        &db,
+        "localhost",
+        SslMode::VerifyFull,
+        Some(wrong_ca.as_path()),
+    )
+    .await
+    .unwrap_err();
     assert!(wrong_issuer.contains("UnknownIssuer"), "{wrong_issuer}");
-    let wrong_name = try_connect(&db, "127.0.0.1", SslMode::VerifyFull, Some(&ca))
+    let wrong_name = try_connect(&db, "127.0.0.1", SslMode::VerifyFull, Some(ca.as_path()))
         .await
         .unwrap_err();
     assert!(wrong_name.contains("NotValidForName"), "{wrong_name}");
     assert_eq!(
-        try_connect(&db, "127.0.0.1", SslMode::VerifyCa, Some(&ca)).await,
+        try_connect(&db, "127.0.0.1", SslMode::VerifyCa, Some(ca.as_path())).await,
         Ok(true),
         "verify-ca ignores the name"
     );
     assert!(
-        try_connect(&db, "127.0.0.1", SslMode::VerifyCa, Some(&wrong_ca))
-            .await
-            .is_err(),
+        try_connect(
+            &db,
+            "127.0.0.1",
+            SslMode::VerifyCa,
+            Some(wrong_ca.as_path())
+        )
+        .await
+        .is_err(),
         "but not the chain"
     );
     assert_eq!(
@@ -183,7 +193,8 @@ async fn the_worker_consumes_over_amqps_trusting_the_configured_ca_only() {
             .parse()
             .unwrap(),
     ];
-    settings.broker.ca_file = Some(pki.ca_file());
+    let ca = pki.ca_file();
+    settings.broker.ca_file = Some(ca.as_path().to_owned());
     let worker = RunningWorker::start(settings.clone());
     env.broker
         .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "tls")).id("over-tls")])
@@ -195,7 +206,8 @@ async fn the_worker_consumes_over_amqps_trusting_the_configured_ca_only() {
     .await;
     worker.stop().await.unwrap();
 
-    settings.broker.ca_file = Some(TestPki::new("a stranger").ca_file());
+    let stranger = TestPki::new("a stranger").ca_file();
+    settings.broker.ca_file = Some(stranger.as_path().to_owned());
     settings.reconnect_max = 1;
     let error = RunningWorker::start(settings)
         .wait()

@@ -1,7 +1,7 @@
 //! Certificates made on the fly for the TLS tests: a CA and a server
 //! certificate for `localhost` signed by it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
@@ -33,11 +33,27 @@ impl TestPki {
         }
     }
 
-    /// The CA certificate in a file of its own (removed with the process's temp files).
-    pub fn ca_file(&self) -> PathBuf {
+    /// The CA certificate in a file of its own, removed when the returned
+    /// guard is dropped.
+    pub fn ca_file(&self) -> CaFile {
         let path =
             std::env::temp_dir().join(format!("wfm-test-ca-{}.pem", uuid::Uuid::new_v4().simple()));
         std::fs::write(&path, &self.ca_pem).unwrap();
-        path
+        CaFile(path)
+    }
+}
+
+/// A file holding a CA certificate; deleted on drop.
+pub struct CaFile(PathBuf);
+
+impl CaFile {
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for CaFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
