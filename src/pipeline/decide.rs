@@ -1,16 +1,18 @@
 //! One batch, from deliveries to a [`Verdict`] for each. Carrying the verdicts
 //! out on the broker is the acker's (see [`super::acker`]).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::Utc;
 use lapin::{message::Delivery, types::AMQPValue};
 
-use super::{PipelineError, QueueContext, QueueKind};
+use super::{
+    PipelineError, QueueContext, QueueKind,
+    retry::{Written, write},
+};
 use crate::{
     message::{Checkin, Envelope, Item, Rejection, TimeCorrection, VersionEvent},
-    readiness::DatabaseProblem,
-    store::{self, ErrorClass, PgConnection, RowFailure, StoreError, WriteOutcome},
+    store::{RowFailure, WriteOutcome},
     telemetry::traces,
 };
 
@@ -70,9 +72,6 @@ impl Decided {
     }
 }
 
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
-
 /// Decides one batch and acknowledges it (the seam tests drive one batch
 /// through; the pipeline's acker does the same in batch order).
 pub async fn process_batch(
@@ -90,9 +89,9 @@ pub async fn process_batch(
 }
 
 /// Parses every delivery, writes the valid ones, and gives each its verdict.
-/// Transient database errors are retried here, with capped exponential
-/// backoff, until they pass, shutdown comes (the batch is released), or the
-/// channel is lost (the batch is abandoned: the broker redelivers it).
+/// Transient database errors are retried (see [`super::retry`]) until they
+/// pass, shutdown comes (the batch is released), or the channel is lost (the
+/// batch is abandoned: the broker redelivers it).
 pub async fn decide(
     context: &QueueContext,
     deliveries: Vec<Delivery>,
@@ -189,119 +188,6 @@ fn corrections<'a, T: 'a, S: std::fmt::Display + 'a>(
         }
     }
     corrected
-}
-
-enum Written {
-    Outcome(WriteOutcome),
-    /// The database fails as a whole (the reason, for readiness and logs).
-    Systemic(String),
-    /// Shutdown came while the batch waited to retry.
-    Interrupted,
-}
-
-/// The store's batched write for each kind of message.
-trait Storable: Sized {
-    fn write<'a>(
-        conn: &'a mut PgConnection,
-        items: &'a [Item<Self>],
-    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'a;
-}
-
-impl Storable for Checkin<'_> {
-    fn write<'a>(
-        conn: &'a mut PgConnection,
-        items: &'a [Item<Self>],
-    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'a {
-        store::write_checkins(conn, items)
-    }
-}
-
-impl Storable for VersionEvent<'_> {
-    fn write<'a>(
-        conn: &'a mut PgConnection,
-        items: &'a [Item<Self>],
-    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send + 'a {
-        store::write_versions(conn, items)
-    }
-}
-
-/// Why an attempt ended without writing.
-enum Halt {
-    /// Shutdown came: the batch is handed back.
-    Shutdown,
-    /// The channel is lost: the batch can no longer be acked.
-    Abandoned,
-}
-
-/// One attempt: a connection, then the write. Waiting for the connection
-/// gives way to shutdown and to a lost channel: in a database outage that wait
-/// is the pool's whole `pool_wait`, and a batch that can no longer be acked
-/// would hold up the reconnect that long. A batch already writing is never cut.
-async fn attempt<T: Storable>(
-    context: &QueueContext,
-    items: &[Item<T>],
-) -> Result<Result<WriteOutcome, StoreError>, Halt> {
-    let connection = tokio::select! {
-        biased;
-        () = context.abandon.cancelled() => return Err(Halt::Abandoned),
-        () = context.shutdown.cancelled() => return Err(Halt::Shutdown),
-        connection = context.pool.get() => connection,
-    };
-    Ok(match connection {
-        Ok(mut conn) => T::write(&mut conn, items).await,
-        Err(error) => Err(error.into()),
-    })
-}
-
-/// Writes the items, retrying the whole batch while the failure is transient.
-async fn write<T: Storable>(
-    context: &QueueContext,
-    items: &[Item<T>],
-) -> Result<Written, PipelineError> {
-    if items.is_empty() {
-        return Ok(Written::Outcome(WriteOutcome::default()));
-    }
-    let mut delay = BACKOFF_START;
-    for attempt_number in 1u32.. {
-        let error = match attempt(context, items).await {
-            Err(Halt::Shutdown) => return Ok(Written::Interrupted),
-            Err(Halt::Abandoned) => return Err(PipelineError::Abandoned(context.queue.clone())),
-            Ok(Ok(outcome)) => {
-                context.readiness.database_ok();
-                return Ok(Written::Outcome(outcome));
-            }
-            Ok(Err(error)) => error,
-        };
-        if error.class() != ErrorClass::Transient || matches!(error, StoreError::Systemic { .. }) {
-            tracing::error!(queue = %context.queue, error = %error, "the database refuses every write; pausing the queue");
-            return Ok(Written::Systemic(systemic_reason(&error)));
-        }
-        tracing::warn!(queue = %context.queue, attempt = attempt_number, error = %error, "database write failed; retrying the batch");
-        context
-            .readiness
-            .database_failed(DatabaseProblem::WritesFail);
-        tokio::select! {
-            biased;
-            () = context.abandon.cancelled() => return Err(PipelineError::Abandoned(context.queue.clone())),
-            () = context.shutdown.cancelled() => return Ok(Written::Interrupted),
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(BACKOFF_CAP);
-    }
-    unreachable!("the retry loop only ends by returning")
-}
-
-/// For readiness: the SQLSTATE, not the server's text (which names hosts and objects).
-fn systemic_reason(error: &StoreError) -> String {
-    match error {
-        StoreError::Systemic { sqlstate, .. } => format!("every write fails (SQLSTATE {sqlstate})"),
-        StoreError::Pool(_) | StoreError::Connect(_) => "cannot connect to the database".to_owned(),
-        StoreError::Query(e) => format!(
-            "every write fails (SQLSTATE {})",
-            e.code().map_or("unknown", |c| c.code())
-        ),
-        StoreError::TimedOut(_) => "database writes time out".to_owned(),
-    }
 }
 
 fn release_valid(verdicts: &mut [Verdict]) {

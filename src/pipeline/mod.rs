@@ -6,7 +6,8 @@
 //!   `batch_bytes` of bodies (after a full batch, or when an eighth of one was
 //!   there, also what arrives within `batch_linger`), and decides the batch in a task of its own;
 //! - deciding ([`decide`]) parses every delivery, writes the valid ones in one
-//!   transaction, and gives each delivery its [`Verdict`];
+//!   transaction (retried by [`retry`] while the failure is transient), and
+//!   gives each delivery its [`Verdict`];
 //! - the acker ([`acker`]) carries the verdicts out on the broker, batch by
 //!   batch in the order the batches were read.
 //!
@@ -33,6 +34,7 @@ mod breaker;
 mod decide;
 mod metrics;
 mod reader;
+mod retry;
 
 pub use decide::{BatchReport, Decided, Verdict, decide, process_batch};
 pub use metrics::QueueMetrics;
