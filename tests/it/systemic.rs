@@ -1,9 +1,9 @@
 //! A database that refuses every write is not a reason to blame messages:
 //! the queue pauses, hands everything back, says why, and resumes by itself.
 
-use std::{sync::Mutex, time::Duration};
+use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
-use wfm_worker::http;
+use wfm_worker::{config::Settings, http};
 
 use crate::support::{
     Outgoing, RunningWorker, TestEnv,
@@ -27,19 +27,26 @@ fn stream() -> Vec<Outgoing> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_revoked_grant_pauses_the_queue_without_dead_lettering_and_it_resumes_when_granted_again()
-{
-    let env = TestEnv::new().await;
+/// Publishes [`stream`], and settings for a worker that consumes it as a role
+/// whose grants the test can revoke, in small batches (the stream lasts long
+/// enough to strike in the middle), serving HTTP on the returned address.
+async fn on_the_stream(env: &TestEnv) -> (String, Settings, SocketAddr) {
     let role = env.db.worker_role().await;
     env.broker.publish_checkins(&stream()).await;
     let mut settings = env.settings();
     settings.database = env.db.settings_as(&role);
-    // Small batches: the stream lasts long enough to strike in the middle.
     settings.pipeline.batch_size = 50;
     settings.pipeline.prefetch = 100;
     let addr = free_port();
     settings.http_addr = Some(addr);
+    (role, settings, addr)
+}
+
+#[tokio::test]
+async fn a_revoked_grant_pauses_the_queue_without_dead_lettering_and_it_resumes_when_granted_again()
+{
+    let env = TestEnv::new().await;
+    let (role, settings, addr) = on_the_stream(&env).await;
     let worker = RunningWorker::start(settings);
     env.wait_for_rows(CHECKINS, 500).await;
 
@@ -110,15 +117,8 @@ async fn a_revoked_grant_pauses_the_queue_without_dead_lettering_and_it_resumes_
 #[tokio::test]
 async fn a_connection_lost_while_every_queue_is_paused_is_replaced_at_once() {
     let env = TestEnv::new().await;
-    let role = env.db.worker_role().await;
-    env.broker.publish_checkins(&stream()).await;
-    let mut settings = env.settings();
-    settings.database = env.db.settings_as(&role);
-    settings.pipeline.batch_size = 50;
-    settings.pipeline.prefetch = 100;
+    let (role, mut settings, addr) = on_the_stream(&env).await;
     settings.pipeline.first_pause = Duration::from_secs(300);
-    let addr = free_port();
-    settings.http_addr = Some(addr);
     let name = settings.broker.connection_name.clone();
     let worker = RunningWorker::start(settings);
     env.wait_for_rows(CHECKINS, 500).await;
