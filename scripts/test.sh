@@ -11,5 +11,6 @@ ensure_services
 ensure_test_aws
 scripts/validate-manifests.sh
 cargo test --locked --all-targets
-# The build without the AWS SDK (what run-local.sh builds): its own unit tests.
+# The build without the optional features (no AWS SDK, no trace exporter: what
+# run-local.sh builds): its own unit tests.
 cargo test --locked --no-default-features --lib
