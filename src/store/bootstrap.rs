@@ -35,6 +35,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_version_publish_time"),
     migration!(5, "0005_versions_data_repair"),
     migration!(6, "0006_checkin_history"),
+    migration!(7, "0007_clusters_fillfactor"),
 ];
 
 /// Arbitrary but fixed: every replica must take the same lock ("wfm" in ASCII).

@@ -1,6 +1,12 @@
 //! Checkins: both tables written, event-time order, message_id idempotency.
 
-use crate::support::{CLUSTER, Outgoing, TestEnv, checkin_body};
+use wfm_worker::{
+    config::DatabaseSettings,
+    message::{Checkin, Envelope, Item, Limits},
+    store,
+};
+
+use crate::support::{CLUSTER, Outgoing, TestEnv, checkin_body, db::TestDb};
 
 const CHECKINS: &str = "SELECT count(*) FROM clusters_checkins";
 
@@ -158,5 +164,87 @@ fn shuffle<T>(items: &mut [T]) {
         state ^= state >> 7;
         state ^= state << 17;
         items.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+}
+
+/// Every checkin rewrites its cluster's row. The new version must go in the
+/// old one's page (a HOT update: no new index entry, and the dead version is
+/// pruned in place later), so that a round of checkins from every cluster does
+/// not grow `clusters` (`sql/0007`). Packed full, the pages had no room for it:
+/// every update moved its row to a new page, and each round grew the table by
+/// its whole size until VACUUM. Nothing here waits on pruning, which other
+/// databases' open transactions may hold back.
+#[tokio::test]
+async fn a_clusters_new_row_version_goes_in_the_old_ones_page_so_a_round_of_checkins_does_not_grow_the_table()
+ {
+    const CLUSTERS: usize = 400;
+    let db = TestDb::create().await;
+    wfm_worker::app::bootstrap(&db.settings()).await.unwrap();
+    let pool = store::connect_pool(&DatabaseSettings::plain(db.url().parse().unwrap(), 1))
+        .await
+        .unwrap();
+    let client = db.client().await;
+    let pages = || async {
+        let row = client
+            .query_one(
+                "SELECT pg_relation_size('clusters') / current_setting('block_size')::bigint",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let mut after_first = 0;
+    for round in 0..2 {
+        let bodies: Vec<String> = (0..CLUSTERS)
+            .map(|c| {
+                checkin_body(
+                    &format!("00000000-0000-4000-8000-{c:012}"),
+                    &format!("round {round}"),
+                )
+            })
+            .collect();
+        let ids: Vec<String> = (0..CLUSTERS).map(|c| format!("r{round}-c{c}")).collect();
+        let checkins: Vec<Item<Checkin<'_>>> = bodies
+            .iter()
+            .zip(&ids)
+            .enumerate()
+            .map(|(index, (body, id))| Item {
+                index,
+                value: Checkin::parse(&envelope(body, id), &Limits::default()).unwrap(),
+            })
+            .collect();
+        for batch in checkins.chunks(50) {
+            let mut conn = pool.get().await.unwrap();
+            let outcome = store::write_checkins(&mut conn, batch).await.unwrap();
+            assert_eq!(outcome.stored, batch.len() as u64);
+        }
+        if round == 0 {
+            after_first = pages().await;
+        }
+    }
+    let updated: i64 = client
+        .query_one(
+            "SELECT count(*) FROM clusters WHERE checkin_count = 2 AND data->>'marker' = 'round 1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(updated, CLUSTERS as i64, "every cluster's row rewritten");
+    let after_second = pages().await;
+    assert_eq!(
+        after_second, after_first,
+        "clusters grew from {after_first} to {after_second} pages in a round of checkins"
+    );
+}
+
+fn envelope<'a>(body: &'a str, message_id: &'a str) -> Envelope<'a> {
+    Envelope {
+        body: body.as_bytes(),
+        message_id: Some(message_id),
+        timestamp_secs: None,
+        timestamp_ms: None,
+        received_at: chrono::Utc::now(),
     }
 }

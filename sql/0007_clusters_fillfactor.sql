@@ -1,0 +1,18 @@
+-- `clusters` holds one row per cluster, and every checkin rewrites that row
+-- (its newest document, ~1 KB after lz4, and its counters). Packed full
+-- (fillfactor 100) a page has no room for the new version, and PostgreSQL
+-- prunes a page's dead versions only once its free space falls below a tenth
+-- of it: most updates then go to another page, with a new `clusters_pkey` entry
+-- each, and the table grows with every round of checkins until VACUUM
+-- (measured: 11 % of updates in place; 50 MB for 10,000 clusters after
+-- 100,000 checkins). Pages filled only halfway leave room for the new version
+-- beside the old one, and are pruned as soon as they are half full: every
+-- update stays in place (HOT: no index entry) and the table stays small
+-- (100 % in place, 13 MB), and the batched write got faster (BENCHMARKS.md,
+-- "A tenth machine").
+--
+-- A storage parameter only: no row or column changes, and its lock (SHARE
+-- UPDATE EXCLUSIVE) lets the older service read and write meanwhile. Pages
+-- already full keep their rows until those move on update (or a
+-- `VACUUM FULL clusters`, which an operator may run in a quiet hour).
+ALTER TABLE clusters SET (fillfactor = 50);
