@@ -9,7 +9,7 @@
 -- beside the old one, and are pruned as soon as they are half full: every
 -- update stays in place (HOT: no index entry) and the table stays small
 -- (100 % in place, 13 MB), and the batched write got faster (BENCHMARKS.md,
--- "A tenth machine").
+-- "Clusters rewritten in place").
 --
 -- A storage parameter only: no row or column changes, and its lock (SHARE
 -- UPDATE EXCLUSIVE) lets the older service read and write meanwhile. Pages
