@@ -2,11 +2,11 @@
 
 use wfm_worker::{
     config::DatabaseSettings,
-    message::{Checkin, Envelope, Item, Limits},
+    message::{Checkin, Item, Limits},
     store,
 };
 
-use crate::support::{CLUSTER, Outgoing, TestEnv, checkin_body, db::TestDb};
+use crate::support::{CLUSTER, Outgoing, TestEnv, checkin_body, db::TestDb, received};
 
 const CHECKINS: &str = "SELECT count(*) FROM clusters_checkins";
 
@@ -211,7 +211,7 @@ async fn a_clusters_new_row_version_goes_in_the_old_ones_page_so_a_round_of_chec
             .enumerate()
             .map(|(index, (body, id))| Item {
                 index,
-                value: Checkin::parse(&envelope(body, id), &Limits::default()).unwrap(),
+                value: Checkin::parse(&received(body, id), &Limits::default()).unwrap(),
             })
             .collect();
         for batch in checkins.chunks(50) {
@@ -237,14 +237,4 @@ async fn a_clusters_new_row_version_goes_in_the_old_ones_page_so_a_round_of_chec
         after_second, after_first,
         "clusters grew from {after_first} to {after_second} pages in a round of checkins"
     );
-}
-
-fn envelope<'a>(body: &'a str, message_id: &'a str) -> Envelope<'a> {
-    Envelope {
-        body: body.as_bytes(),
-        message_id: Some(message_id),
-        timestamp_secs: None,
-        timestamp_ms: None,
-        received_at: chrono::Utc::now(),
-    }
 }

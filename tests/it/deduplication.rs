@@ -7,7 +7,7 @@ use chrono::Utc;
 use tokio_postgres::types::Type;
 use wfm_worker::{
     config::DatabaseSettings,
-    message::{Checkin, Envelope, Item, Limits},
+    message::{Checkin, Item, Limits},
     store::{self, INSERT_CHECKINS, KEYS_LOCK},
 };
 
@@ -15,7 +15,7 @@ use crate::support::{
     TestEnv,
     db::TestDb,
     history::{CHECKINS, at, day, maintain, midnight},
-    wait_until,
+    received, wait_until,
 };
 
 #[tokio::test]
@@ -142,14 +142,7 @@ async fn key_lookups_stay_index_lookups_as_the_key_table_grows() {
 /// Writes one new checkin of cluster 1 on `conn`; how many rows it stored.
 async fn write_one(conn: &mut store::PgConnection, message_id: &str) -> u64 {
     let body = r#"{"id":"00000000-0000-4000-8000-000000000001","components":[]}"#;
-    let envelope = Envelope {
-        body: body.as_bytes(),
-        message_id: Some(message_id),
-        timestamp_secs: None,
-        timestamp_ms: None,
-        received_at: Utc::now(),
-    };
-    let value = Checkin::parse(&envelope, &Limits::default()).unwrap();
+    let value = Checkin::parse(&received(body, message_id), &Limits::default()).unwrap();
     let outcome = store::write_checkins(conn, &[Item { index: 0, value }]).await;
     outcome.unwrap().stored
 }

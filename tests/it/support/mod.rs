@@ -171,6 +171,18 @@ impl RunningWorker {
 
 pub const CLUSTER: &str = "5e2a4d3c-6c1f-4f7e-9a3b-2f8e1c0d9b7a";
 
+/// A delivery of `body` received now, with no AMQP timestamp: what the
+/// store's own tests parse before writing directly.
+pub fn received<'a>(body: &'a str, message_id: &'a str) -> wfm_worker::message::Envelope<'a> {
+    wfm_worker::message::Envelope {
+        body: body.as_bytes(),
+        message_id: Some(message_id),
+        timestamp_secs: None,
+        timestamp_ms: None,
+        received_at: chrono::Utc::now(),
+    }
+}
+
 /// A checkin document in the older API's Cluster shape.
 pub fn checkin_body(cluster_id: &str, marker: &str) -> String {
     format!(
