@@ -13,7 +13,9 @@ use lapin::{
     uri::AMQPUri,
 };
 
-use super::BrokerError;
+use async_rs::{Runtime, Tokio, util::RuntimeParts};
+
+use super::{BrokerError, socket::SocketReactor};
 use crate::config::{BrokerSettings, describe_amqp};
 
 /// Longest a connection attempt to one node may take (TCP, TLS, AMQP
@@ -182,7 +184,11 @@ async fn connect_to(
         identity: None,
         cert_chain,
     };
-    let runtime = lapin::runtime::default_runtime().map_err(fail)?;
+    // tokio's executor and timers; the socket is ours (see `socket`).
+    let runtime = Runtime::new(RuntimeParts::new(
+        Tokio::current(),
+        SocketReactor::current(),
+    ));
     let connecting = Connection::connect_uri_with_config(uri.clone(), properties, tls, runtime);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(connected) => connected.map_err(fail),

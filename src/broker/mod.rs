@@ -6,6 +6,7 @@
 
 mod connection;
 mod dead_letter;
+mod socket;
 mod topology;
 
 pub use connection::{

@@ -1,0 +1,218 @@
+//! The socket against a real peer on loopback, polled from a plain thread as
+//! lapin's I/O thread polls it, with a waker that counts and reports.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream as PeerStream},
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
+    task::{Context, Poll, Wake, Waker},
+    time::{Duration, Instant},
+};
+
+use async_rs::traits::Reactor;
+use futures_io::{AsyncRead, AsyncWrite};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+
+use super::{SHORT_WAIT, Socket, SocketReactor, Stream};
+
+/// Longest a test waits for the reactor to wake the reader.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// What lapin's thread has: a waker that tells it to poll again.
+struct Wakes {
+    count: AtomicUsize,
+    woken: std::sync::Mutex<mpsc::Sender<()>>,
+}
+
+impl Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let _ = self.woken.lock().expect("not poisoned").send(());
+    }
+}
+
+struct Reader {
+    socket: Socket,
+    peer: PeerStream,
+    wakes: Arc<Wakes>,
+    woken: mpsc::Receiver<()>,
+    /// Drives the reactor and owns the runtime the socket was connected on.
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Reader {
+    /// A socket connected to a peer on loopback, on a runtime of its own
+    /// whose thread drives the reactor; the test's thread is not a runtime
+    /// thread, as lapin's is not.
+    fn connected() -> Reader {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a listener");
+        let addr = listener.local_addr().expect("its address");
+        let socket = runtime
+            .block_on(async { SocketReactor::current().tcp_connect_addr(addr).await })
+            .expect("connected");
+        let (peer, _) = listener.accept().expect("accepted");
+        let (sender, woken) = mpsc::channel();
+        let wakes = Arc::new(Wakes {
+            count: AtomicUsize::new(0),
+            woken: std::sync::Mutex::new(sender),
+        });
+        Reader {
+            socket,
+            peer,
+            wakes,
+            woken,
+            _runtime: runtime,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Poll<usize> {
+        let waker = Waker::from(self.wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        Pin::new(&mut self.socket)
+            .poll_read(&mut cx, buf)
+            .map(|read| read.expect("the read succeeds"))
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Poll<usize> {
+        let waker = Waker::from(self.wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        Pin::new(&mut self.socket)
+            .poll_write(&mut cx, buf)
+            .map(|written| written.expect("the write succeeds"))
+    }
+
+    fn wakes(&self) -> usize {
+        self.wakes.count.load(Ordering::SeqCst)
+    }
+
+    fn on_the_reactor(&self) -> bool {
+        matches!(self.socket.stream, Stream::Registered(_))
+    }
+
+    /// Until what the peer sent has arrived (loopback may deliver it a
+    /// little after the peer's write returns).
+    fn wait_for_input(&self) {
+        let Stream::Direct(stream) = &self.socket.stream else {
+            panic!("off the reactor");
+        };
+        let mut fds = [PollFd::new(stream, PollFlags::IN)];
+        let deadline = Timespec::try_from(DEADLINE).expect("fits");
+        assert_eq!(poll(&mut fds, Some(&deadline)), Ok(1), "input arrives");
+    }
+
+    /// Reads `expected` and then the read that finds the socket empty:
+    /// `Pending`, already woken, so that lapin parses before it waits.
+    fn read_then_yield(&mut self, expected: &[u8]) {
+        self.wait_for_input();
+        let mut buf = [0u8; 64];
+        assert_eq!(self.read(&mut buf), Poll::Ready(expected.len()));
+        assert_eq!(&buf[..expected.len()], expected);
+        let wakes = self.wakes();
+        assert_eq!(self.read(&mut buf), Poll::Pending);
+        assert_eq!(self.wakes(), wakes + 1, "a yield wakes its reader at once");
+    }
+}
+
+#[test]
+fn input_that_is_there_when_the_reader_waits_is_read_without_the_reactor() {
+    let mut reader = Reader::connected();
+    reader.peer.write_all(b"first").expect("sent");
+    reader.read_then_yield(b"first");
+
+    reader.peer.write_all(b"second").expect("sent");
+    reader.wait_for_input();
+    let mut buf = [0u8; 64];
+    assert_eq!(reader.read(&mut buf), Poll::Ready(6));
+    assert_eq!(&buf[..6], b"second");
+    assert!(!reader.on_the_reactor());
+}
+
+#[test]
+fn a_reader_idle_past_the_short_wait_is_woken_by_the_reactor_and_leaves_it_after() {
+    let mut reader = Reader::connected();
+    reader.peer.write_all(b"first").expect("sent");
+    reader.read_then_yield(b"first");
+
+    let wakes = reader.wakes();
+    let mut buf = [0u8; 64];
+    assert_eq!(reader.read(&mut buf), Poll::Pending);
+    assert!(reader.on_the_reactor());
+    assert_eq!(reader.wakes(), wakes, "nothing to read: not woken");
+    while reader.woken.try_recv().is_ok() {}
+
+    reader.peer.write_all(b"later").expect("sent");
+    reader
+        .woken
+        .recv_timeout(DEADLINE)
+        .expect("the reactor wakes the reader when input arrives");
+    assert_eq!(reader.read(&mut buf), Poll::Ready(5));
+    assert_eq!(&buf[..5], b"later");
+    assert!(!reader.on_the_reactor());
+}
+
+#[test]
+fn a_write_into_a_full_send_buffer_resumes_when_the_peer_reads() {
+    let mut reader = Reader::connected();
+    let chunk = vec![7u8; 64 * 1024];
+    let mut sent = 0usize;
+    while let Poll::Ready(written) = reader.write(&chunk) {
+        sent += written;
+        assert!(sent < 1 << 30, "the send buffer never filled");
+    }
+    assert!(reader.on_the_reactor());
+
+    let mut peer = reader.peer.try_clone().expect("a second handle");
+    let draining = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut received = 0usize;
+        while let Ok(read @ 1..) = peer.read(&mut buf) {
+            received += read;
+        }
+        received
+    });
+    reader
+        .woken
+        .recv_timeout(DEADLINE)
+        .expect("the reactor wakes the writer when the buffer drains");
+    let Poll::Ready(written) = reader.write(&chunk) else {
+        panic!("writable once woken");
+    };
+    sent += written;
+
+    let waker = Waker::from(reader.wakes.clone());
+    let closed = Pin::new(&mut reader.socket).poll_close(&mut Context::from_waker(&waker));
+    assert!(matches!(closed, Poll::Ready(Ok(()))));
+    assert_eq!(draining.join().expect("the peer drained"), sent);
+}
+
+#[test]
+fn on_a_runtime_thread_it_never_waits_itself() {
+    let mut reader = Reader::connected();
+    let handle = reader._runtime.handle().clone();
+    let _runtime = handle.enter();
+    let mut buf = [0u8; 64];
+    let mut quickest = Duration::MAX;
+    for _ in 0..5 {
+        reader.peer.write_all(b"input").expect("sent");
+        reader.read_then_yield(b"input");
+        let started = Instant::now();
+        assert_eq!(reader.read(&mut buf), Poll::Pending);
+        quickest = quickest.min(started.elapsed());
+        assert!(reader.on_the_reactor(), "it waits through the reactor");
+        reader.socket.deregister().expect("deregistered");
+    }
+    assert!(
+        quickest < SHORT_WAIT,
+        "a read on a runtime thread took {quickest:?}: it waited on the socket"
+    );
+}
