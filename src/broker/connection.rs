@@ -15,7 +15,10 @@ use lapin::{
 
 use async_rs::{Runtime, Tokio, util::RuntimeParts};
 
-use super::{BrokerError, socket::SocketReactor};
+use super::{
+    BrokerError,
+    socket::{SocketReactor, Wait},
+};
 use crate::config::{BrokerSettings, describe_amqp};
 
 /// Longest a connection attempt to one node may take (TCP, TLS, AMQP
@@ -29,7 +32,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// CAs of `ca_file` (WFM_AMQP_CA_FILE) besides the system's. The frame size is
 /// the broker's (or the URL's `frame_max`).
 pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, BrokerError> {
-    connect_asking(settings, name, FrameAsk::Brokers).await
+    connect_asking(settings, name, FrameAsk::Brokers, Wait::Reactor).await
 }
 
 /// RabbitMQ's default `frame_max`, the same in 3.x and 4.x (131072 bytes).
@@ -57,7 +60,8 @@ pub enum ConsumingFrames {
     Brokers,
 }
 
-/// [`connect`] for the worker's consuming connection (see [`ConsumingFrames`]).
+/// [`connect`] for the worker's consuming connection (see [`ConsumingFrames`]),
+/// whose I/O thread waits on its socket itself (see `socket`).
 pub async fn connect_consuming(
     settings: &BrokerSettings,
     name: &str,
@@ -67,7 +71,7 @@ pub async fn connect_consuming(
         ConsumingFrames::Default => FrameAsk::Default(DEFAULT_FRAME_MAX),
         ConsumingFrames::Brokers => FrameAsk::Largest,
     };
-    connect_asking(settings, name, ask).await
+    connect_asking(settings, name, ask, Wait::Own).await
 }
 
 /// Follows a connection for the failure that ends it: whether lapin refused a
@@ -106,7 +110,13 @@ pub async fn connect_for_copies(
     settings: &BrokerSettings,
     name: &str,
 ) -> Result<Connection, BrokerError> {
-    connect_asking(settings, name, FrameAsk::AtMost(COPIES_FRAME_MAX)).await
+    connect_asking(
+        settings,
+        name,
+        FrameAsk::AtMost(COPIES_FRAME_MAX),
+        Wait::Reactor,
+    )
+    .await
 }
 
 /// The `frame_max` a connection asks for; the broker grants the smaller of
@@ -139,6 +149,7 @@ async fn connect_asking(
     settings: &BrokerSettings,
     name: &str,
     ask: FrameAsk,
+    wait: Wait,
 ) -> Result<Connection, BrokerError> {
     let mut nodes: Vec<AMQPUri> = settings.nodes.clone();
     fastrand::shuffle(&mut nodes);
@@ -146,7 +157,7 @@ async fn connect_asking(
     for mut uri in nodes {
         ask.apply(&mut uri);
         let uri = &uri;
-        match connect_to(uri, settings, name).await {
+        match connect_to(uri, settings, name, wait).await {
             Ok(connection) => {
                 tracing::info!(node = %describe_amqp(uri), connection = name, "connected to the broker");
                 return Ok(connection);
@@ -165,6 +176,7 @@ async fn connect_to(
     uri: &AMQPUri,
     settings: &BrokerSettings,
     name: &str,
+    wait: Wait,
 ) -> Result<Connection, BrokerError> {
     let fail = |source| BrokerError::Connect {
         target: describe_amqp(uri),
@@ -185,10 +197,8 @@ async fn connect_to(
         cert_chain,
     };
     // tokio's executor and timers; the socket is ours (see `socket`).
-    let runtime = Runtime::new(RuntimeParts::new(
-        Tokio::current(),
-        SocketReactor::current(),
-    ));
+    let reactor = SocketReactor::current(wait);
+    let runtime = Runtime::new(RuntimeParts::new(Tokio::current(), reactor));
     let connecting = Connection::connect_uri_with_config(uri.clone(), properties, tls, runtime);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(connected) => connected.map_err(fail),

@@ -1,26 +1,29 @@
-//! The broker's TCP socket, read by lapin's I/O thread with fewer thread
-//! hand-offs than lapin's tokio transport.
+//! The consuming connection's TCP socket, read by lapin's I/O thread with
+//! fewer thread hand-offs than lapin's tokio transport.
 //!
 //! lapin runs each connection's I/O on a thread of its own. With tokio's
 //! `TcpStream`, that thread may read only when the runtime's reactor says the
 //! socket is ready: each time it drains the socket it registers a waker and
 //! sleeps, a runtime thread wakes in `epoll_wait` when the next bytes arrive,
 //! and wakes lapin's thread in turn through a channel. During a backlog that
-//! is one round of two wakes per few deliveries, most of lapin's CPU and a
-//! good part of the runtime's (BENCHMARKS.md, "The I/O thread waits on its
-//! own socket").
+//! is a round of two wakes per few deliveries (BENCHMARKS.md, "The I/O thread
+//! waits on its own socket").
 //!
-//! [`Socket`] lets lapin's thread wait on the socket itself, for a short
-//! while ([`SHORT_WAIT`]), before it falls back to the reactor: the kernel
-//! wakes it directly when the broker's next bytes arrive, and while it reads
-//! this way the socket is not registered with the reactor at all, so the
-//! runtime's threads are not woken for it. A reader that is idle for longer
-//! (low load, a paused consumer, heartbeats only) registers as before and is
-//! woken by the reactor. The short wait never happens on a runtime thread.
+//! With [`Wait::Own`], lapin's thread waits on the socket itself, for a short
+//! while ([`SHORT_WAIT`]), until a chunk ([`LOW_WATER`] bytes) has arrived,
+//! and only then falls back to the reactor. The kernel wakes it directly, once
+//! per chunk rather than once per segment; while it reads this way the socket
+//! is not registered with the reactor, so the runtime's threads are not woken
+//! for it. A reader idle for longer (low load, a paused consumer, heartbeats
+//! only) registers, with the low-water mark back at one byte, and is woken by
+//! the reactor as before. The short wait never happens on a runtime thread.
+//! [`Wait::Reactor`] is tokio's transport as it was, for the connections
+//! that mostly wait on their own writes (dead-letter copies, publishing).
 
 use std::{
     io::{self, IoSlice, Read, Write},
     net::{Shutdown, SocketAddr},
+    os::fd::AsRawFd,
     pin::Pin,
     task::{Context, Poll, ready},
     time::{Duration, Instant},
@@ -34,13 +37,27 @@ use rustix::{
 };
 use tokio::{net::TcpStream, runtime::Handle};
 
-/// How long lapin's thread waits on the socket itself before it registers
-/// with the reactor. It covers most gaps between the broker's writes during a
-/// backlog; frames queued meanwhile (acks, publishes: the thread writes only
-/// between reads) wait at most this long. 50 µs caught fewer of the gaps and
-/// cost more CPU; 1 ms held acks back long enough to slow a backlog's drain
-/// (BENCHMARKS.md).
+/// How long lapin's thread waits on the socket itself before it reads what
+/// has come (if anything) or registers with the reactor. Frames queued
+/// meanwhile (acks: the thread writes only between reads) wait at most this
+/// long, and so does a message at moderate load. 1 ms held acks back long
+/// enough to slow a backlog's drain (BENCHMARKS.md).
 pub const SHORT_WAIT: Duration = Duration::from_micros(200);
+
+/// How much input wakes lapin's thread from its own wait (SO_RCVLOWAT): about
+/// seven checkins. Each wake costs the thread a parse and a hand-off of what
+/// it read; without the mark it woke for every segment and spent on wakes
+/// what the runtime's threads saved.
+pub const LOW_WATER: usize = 16 * 1024;
+
+/// Who waits for the socket's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// lapin's thread, briefly, then the reactor: for the consuming connection.
+    Own,
+    /// tokio's reactor, always.
+    Reactor,
+}
 
 /// An async-rs reactor that is tokio's in everything but its TCP streams,
 /// which are [`Socket`]s.
@@ -48,6 +65,7 @@ pub const SHORT_WAIT: Duration = Duration::from_micros(200);
 pub struct SocketReactor {
     tokio: Tokio,
     handle: Handle,
+    wait: Wait,
 }
 
 impl SocketReactor {
@@ -55,10 +73,11 @@ impl SocketReactor {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn current() -> Self {
+    pub fn current(wait: Wait) -> Self {
         SocketReactor {
             tokio: Tokio::current(),
             handle: Handle::current(),
+            wait,
         }
     }
 }
@@ -93,13 +112,13 @@ impl Reactor for SocketReactor {
         &self,
         addr: SocketAddr,
     ) -> impl Future<Output = io::Result<Socket>> + Send + 'static {
-        let handle = self.handle.clone();
+        let (handle, wait) = (self.handle.clone(), self.wait);
         async move {
             // Connected through tokio (lapin polls this under the runtime's
             // `block_on`), then taken off the reactor: it stays non-blocking.
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            Ok(Socket::new(stream.into_std()?, handle))
+            Socket::new(stream.into_std()?, handle, wait)
         }
     }
 }
@@ -110,6 +129,7 @@ impl Reactor for SocketReactor {
 pub struct Socket {
     stream: Stream,
     handle: Handle,
+    wait: Wait,
     /// The last read found nothing and returned `Pending` with its waker
     /// already woken, so that lapin handles what it read before it waits.
     yielded: bool,
@@ -133,13 +153,26 @@ enum Stream {
 }
 
 impl Socket {
-    fn new(stream: std::net::TcpStream, handle: Handle) -> Self {
-        Socket {
+    fn new(stream: std::net::TcpStream, handle: Handle, wait: Wait) -> io::Result<Self> {
+        let mut socket = Socket {
             stream: Stream::Direct(stream),
             handle,
+            wait,
             yielded: false,
             drained: false,
             write_waiting: false,
+        };
+        match wait {
+            Wait::Own => socket.set_low_water(LOW_WATER)?,
+            Wait::Reactor => drop(socket.registered()?),
+        }
+        Ok(socket)
+    }
+
+    fn set_low_water(&self, bytes: usize) -> io::Result<()> {
+        match &self.stream {
+            Stream::Direct(stream) => set_receive_low_water(stream, bytes),
+            _ => Err(lost()),
         }
     }
 
@@ -152,6 +185,8 @@ impl Socket {
 
     fn registered(&mut self) -> io::Result<&TcpStream> {
         if let Stream::Direct(_) = self.stream {
+            // The reactor must hear of a lone message at once.
+            self.set_low_water(1)?;
             let Stream::Direct(direct) = std::mem::replace(&mut self.stream, Stream::Moving) else {
                 unreachable!("matched above");
             };
@@ -172,6 +207,7 @@ impl Socket {
                 unreachable!("matched above");
             };
             self.stream = Stream::Direct(registered.into_std()?);
+            self.set_low_water(LOW_WATER)?;
         }
         Ok(())
     }
@@ -205,14 +241,14 @@ impl Socket {
         }
     }
 
-    /// Whether the socket became readable within [`SHORT_WAIT`]. Never on a
-    /// runtime thread: there it would hold up every task of that thread.
-    fn wait_briefly(&self) -> io::Result<bool> {
+    /// Waits up to [`SHORT_WAIT`] for [`LOW_WATER`] bytes of input. Never on
+    /// a runtime thread: there it would hold up every task of that thread.
+    fn wait_briefly(&self) -> io::Result<()> {
         let Stream::Direct(stream) = &self.stream else {
-            return Ok(false);
+            return Ok(());
         };
         if Handle::try_current().is_ok() {
-            return Ok(false);
+            return Ok(());
         }
         let mut fds = [PollFd::new(stream, PollFlags::IN)];
         let timeout = Timespec {
@@ -220,9 +256,9 @@ impl Socket {
             tv_nsec: SHORT_WAIT.subsec_nanos().into(),
         };
         match poll(&mut fds, Some(&timeout)) {
-            Ok(ready) => Ok(ready > 0),
-            // A signal: look again at once.
-            Err(Errno::INTR) => Ok(true),
+            // Whatever came, if anything, is read next; a signal ends the
+            // wait early, which is harmless.
+            Ok(_) | Err(Errno::INTR) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -240,7 +276,7 @@ impl AsyncRead for Socket {
                 let Some(read) = ready!(this.poll_read_registered(cx, buf))? else {
                     continue;
                 };
-                if !this.write_waiting {
+                if this.wait == Wait::Own && !this.write_waiting {
                     this.deregister()?;
                 }
                 return Poll::Ready(Ok(this.took(read, buf.len())));
@@ -249,9 +285,8 @@ impl AsyncRead for Socket {
                 // lapin has handled what it read: wait for more, briefly
                 // here, then through the reactor.
                 this.yielded = false;
-                if this.wait_briefly()?
-                    && let Some(read) = this.read_now(buf)?
-                {
+                this.wait_briefly()?;
+                if let Some(read) = this.read_now(buf)? {
                     return Poll::Ready(Ok(this.took(read, buf.len())));
                 }
                 this.registered()?;
@@ -343,6 +378,32 @@ impl AsyncWrite for Socket {
             Stream::Direct(stream) => Poll::Ready(stream.shutdown(Shutdown::Write)),
             _ => Poll::Ready(Err(lost())),
         }
+    }
+}
+
+/// SO_RCVLOWAT: the socket is readable, to `poll` and `epoll` alike, only once
+/// `bytes` are queued (a read that does not wait still returns what there is).
+fn set_receive_low_water(stream: &std::net::TcpStream, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).map_err(io::Error::other)?;
+    let size = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .expect("an int's size fits socklen_t");
+    // SAFETY: `stream` keeps the descriptor open for the call; the option
+    // value is a c_int on the stack, outliving the call, and `size` is its
+    // size, as SO_RCVLOWAT takes (socket(7)). The kernel only reads it.
+    #[allow(unsafe_code)]
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            std::ptr::from_ref(&value).cast(),
+            size,
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

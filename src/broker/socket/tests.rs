@@ -16,9 +16,9 @@ use std::{
 
 use async_rs::traits::Reactor;
 use futures_io::{AsyncRead, AsyncWrite};
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::io::ioctl_fionread;
 
-use super::{SHORT_WAIT, Socket, SocketReactor, Stream};
+use super::{LOW_WATER, SHORT_WAIT, Socket, SocketReactor, Stream, Wait};
 
 /// Longest a test waits for the reactor to wake the reader.
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -50,6 +50,10 @@ impl Reader {
     /// whose thread drives the reactor; the test's thread is not a runtime
     /// thread, as lapin's is not.
     fn connected() -> Reader {
+        Reader::waiting(Wait::Own)
+    }
+
+    fn waiting(wait: Wait) -> Reader {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -58,7 +62,7 @@ impl Reader {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a listener");
         let addr = listener.local_addr().expect("its address");
         let socket = runtime
-            .block_on(async { SocketReactor::current().tcp_connect_addr(addr).await })
+            .block_on(async { SocketReactor::current(wait).tcp_connect_addr(addr).await })
             .expect("connected");
         let (peer, _) = listener.accept().expect("accepted");
         let (sender, woken) = mpsc::channel();
@@ -99,21 +103,23 @@ impl Reader {
         matches!(self.socket.stream, Stream::Registered(_))
     }
 
-    /// Until what the peer sent has arrived (loopback may deliver it a
-    /// little after the peer's write returns).
-    fn wait_for_input(&self) {
+    /// Until `bytes` of what the peer sent have arrived (loopback may deliver
+    /// them a little after the peer's write returns).
+    fn wait_for_bytes(&self, bytes: usize) {
         let Stream::Direct(stream) = &self.socket.stream else {
             panic!("off the reactor");
         };
-        let mut fds = [PollFd::new(stream, PollFlags::IN)];
-        let deadline = Timespec::try_from(DEADLINE).expect("fits");
-        assert_eq!(poll(&mut fds, Some(&deadline)), Ok(1), "input arrives");
+        let started = Instant::now();
+        while ioctl_fionread(stream).expect("FIONREAD") < bytes as u64 {
+            assert!(started.elapsed() < DEADLINE, "{bytes} bytes never arrived");
+            std::thread::yield_now();
+        }
     }
 
     /// Reads `expected` and then the read that finds the socket empty:
     /// `Pending`, already woken, so that lapin parses before it waits.
     fn read_then_yield(&mut self, expected: &[u8]) {
-        self.wait_for_input();
+        self.wait_for_bytes(expected.len());
         let mut buf = [0u8; 64];
         assert_eq!(self.read(&mut buf), Poll::Ready(expected.len()));
         assert_eq!(&buf[..expected.len()], expected);
@@ -130,7 +136,7 @@ fn input_that_is_there_when_the_reader_waits_is_read_without_the_reactor() {
     reader.read_then_yield(b"first");
 
     reader.peer.write_all(b"second").expect("sent");
-    reader.wait_for_input();
+    reader.wait_for_bytes(6);
     let mut buf = [0u8; 64];
     assert_eq!(reader.read(&mut buf), Poll::Ready(6));
     assert_eq!(&buf[..6], b"second");
@@ -215,4 +221,53 @@ fn on_a_runtime_thread_it_never_waits_itself() {
         quickest < SHORT_WAIT,
         "a read on a runtime thread took {quickest:?}: it waited on the socket"
     );
+}
+
+#[test]
+fn a_reader_waiting_on_its_own_wakes_for_a_chunk_not_for_each_small_write() {
+    let mut reader = Reader::connected();
+    reader.peer.write_all(b"first").expect("sent");
+    reader.read_then_yield(b"first");
+
+    // Less than a chunk: the short wait runs out, then what came is read.
+    reader.peer.write_all(b"small").expect("sent");
+    reader.wait_for_bytes(5);
+    let mut buf = vec![0u8; 2 * LOW_WATER];
+    let started = Instant::now();
+    assert_eq!(reader.read(&mut buf), Poll::Ready(5));
+    assert!(started.elapsed() >= SHORT_WAIT, "woken before a chunk came");
+    assert!(!reader.on_the_reactor());
+
+    // A chunk ends the wait at once.
+    let chunk = vec![1u8; LOW_WATER];
+    let mut quickest = Duration::MAX;
+    for _ in 0..5 {
+        assert_eq!(reader.read(&mut buf), Poll::Pending, "a yield");
+        reader.peer.write_all(&chunk).expect("sent");
+        reader.wait_for_bytes(LOW_WATER);
+        let started = Instant::now();
+        assert_eq!(reader.read(&mut buf), Poll::Ready(LOW_WATER));
+        quickest = quickest.min(started.elapsed());
+    }
+    assert!(
+        quickest < SHORT_WAIT,
+        "a chunk took {quickest:?} to end the wait"
+    );
+}
+
+#[test]
+fn a_socket_the_reactor_waits_for_behaves_as_tokios() {
+    let mut reader = Reader::waiting(Wait::Reactor);
+    assert!(reader.on_the_reactor());
+    let mut buf = [0u8; 64];
+    assert_eq!(reader.read(&mut buf), Poll::Pending);
+    assert_eq!(reader.wakes(), 0, "no input: not woken");
+
+    reader.peer.write_all(b"input").expect("sent");
+    reader
+        .woken
+        .recv_timeout(DEADLINE)
+        .expect("the reactor wakes the reader when input arrives");
+    assert_eq!(reader.read(&mut buf), Poll::Ready(5));
+    assert!(reader.on_the_reactor(), "it stays registered");
 }
