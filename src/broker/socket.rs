@@ -22,7 +22,7 @@
 
 use std::{
     io::{self, IoSlice, Read, Write},
-    net::{Shutdown, SocketAddr},
+    net::SocketAddr,
     os::fd::AsRawFd,
     pin::Pin,
     task::{Context, Poll, ready},
@@ -34,6 +34,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 use rustix::{
     event::{PollFd, PollFlags, Timespec, poll},
     io::Errno,
+    net::{Shutdown, shutdown},
 };
 use tokio::{net::TcpStream, runtime::Handle};
 
@@ -186,7 +187,9 @@ impl Socket {
     fn registered(&mut self) -> io::Result<&TcpStream> {
         if let Stream::Direct(_) = self.stream {
             // The reactor must hear of a lone message at once.
-            self.set_low_water(1)?;
+            if self.wait == Wait::Own {
+                self.set_low_water(1)?;
+            }
             let Stream::Direct(direct) = std::mem::replace(&mut self.stream, Stream::Moving) else {
                 unreachable!("matched above");
             };
@@ -199,6 +202,8 @@ impl Socket {
         }
     }
 
+    /// Off the reactor again, with the chunk-sized mark: only a socket that
+    /// waits on its own ([`Wait::Own`]) comes here.
     fn deregister(&mut self) -> io::Result<()> {
         if let Stream::Registered(_) = self.stream {
             let Stream::Registered(registered) =
@@ -372,12 +377,12 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.deregister()?;
-        match &this.stream {
-            Stream::Direct(stream) => Poll::Ready(stream.shutdown(Shutdown::Write)),
-            _ => Poll::Ready(Err(lost())),
-        }
+        let shut = match &self.stream {
+            Stream::Direct(stream) => shutdown(stream, Shutdown::Write),
+            Stream::Registered(stream) => shutdown(stream, Shutdown::Write),
+            Stream::Moving => return Poll::Ready(Err(lost())),
+        };
+        Poll::Ready(shut.map_err(io::Error::from))
     }
 }
 
