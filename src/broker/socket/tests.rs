@@ -42,7 +42,7 @@ struct Reader {
     wakes: Arc<Wakes>,
     woken: mpsc::Receiver<()>,
     /// Drives the reactor and owns the runtime the socket was connected on.
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Reader {
@@ -75,24 +75,45 @@ impl Reader {
             peer,
             wakes,
             woken,
-            _runtime: runtime,
+            runtime,
         }
     }
 
+    /// A socket that has read the peer's first bytes and yielded: lapin's
+    /// thread about to wait for more.
+    fn after_a_first_read() -> Reader {
+        let mut reader = Reader::connected();
+        reader.send(b"first");
+        reader.read_then_yield(b"first");
+        reader
+    }
+
+    fn send(&self, bytes: &[u8]) {
+        (&self.peer).write_all(bytes).expect("sent");
+    }
+
+    fn waker(&self) -> Waker {
+        Waker::from(self.wakes.clone())
+    }
+
     fn read(&mut self, buf: &mut [u8]) -> Poll<usize> {
-        let waker = Waker::from(self.wakes.clone());
-        let mut cx = Context::from_waker(&waker);
+        let waker = self.waker();
         Pin::new(&mut self.socket)
-            .poll_read(&mut cx, buf)
+            .poll_read(&mut Context::from_waker(&waker), buf)
             .map(|read| read.expect("the read succeeds"))
     }
 
     fn write(&mut self, buf: &[u8]) -> Poll<usize> {
-        let waker = Waker::from(self.wakes.clone());
-        let mut cx = Context::from_waker(&waker);
+        let waker = self.waker();
         Pin::new(&mut self.socket)
-            .poll_write(&mut cx, buf)
+            .poll_write(&mut Context::from_waker(&waker), buf)
             .map(|written| written.expect("the write succeeds"))
+    }
+
+    fn woken_by_the_reactor(&self, when: &str) {
+        self.woken
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("the reactor wakes the socket's user {when}"));
     }
 
     fn wakes(&self) -> usize {
@@ -131,11 +152,9 @@ impl Reader {
 
 #[test]
 fn input_that_is_there_when_the_reader_waits_is_read_without_the_reactor() {
-    let mut reader = Reader::connected();
-    reader.peer.write_all(b"first").expect("sent");
-    reader.read_then_yield(b"first");
+    let mut reader = Reader::after_a_first_read();
 
-    reader.peer.write_all(b"second").expect("sent");
+    reader.send(b"second");
     reader.wait_for_bytes(6);
     let mut buf = [0u8; 64];
     assert_eq!(reader.read(&mut buf), Poll::Ready(6));
@@ -145,9 +164,7 @@ fn input_that_is_there_when_the_reader_waits_is_read_without_the_reactor() {
 
 #[test]
 fn a_reader_idle_past_the_short_wait_is_woken_by_the_reactor_and_leaves_it_after() {
-    let mut reader = Reader::connected();
-    reader.peer.write_all(b"first").expect("sent");
-    reader.read_then_yield(b"first");
+    let mut reader = Reader::after_a_first_read();
 
     let wakes = reader.wakes();
     let mut buf = [0u8; 64];
@@ -156,11 +173,8 @@ fn a_reader_idle_past_the_short_wait_is_woken_by_the_reactor_and_leaves_it_after
     assert_eq!(reader.wakes(), wakes, "nothing to read: not woken");
     while reader.woken.try_recv().is_ok() {}
 
-    reader.peer.write_all(b"later").expect("sent");
-    reader
-        .woken
-        .recv_timeout(DEADLINE)
-        .expect("the reactor wakes the reader when input arrives");
+    reader.send(b"later");
+    reader.woken_by_the_reactor("when input arrives");
     assert_eq!(reader.read(&mut buf), Poll::Ready(5));
     assert_eq!(&buf[..5], b"later");
     assert!(!reader.on_the_reactor());
@@ -186,16 +200,13 @@ fn a_write_into_a_full_send_buffer_resumes_when_the_peer_reads() {
         }
         received
     });
-    reader
-        .woken
-        .recv_timeout(DEADLINE)
-        .expect("the reactor wakes the writer when the buffer drains");
+    reader.woken_by_the_reactor("when the send buffer drains");
     let Poll::Ready(written) = reader.write(&chunk) else {
         panic!("writable once woken");
     };
     sent += written;
 
-    let waker = Waker::from(reader.wakes.clone());
+    let waker = reader.waker();
     let closed = Pin::new(&mut reader.socket).poll_close(&mut Context::from_waker(&waker));
     assert!(matches!(closed, Poll::Ready(Ok(()))));
     assert_eq!(draining.join().expect("the peer drained"), sent);
@@ -204,12 +215,12 @@ fn a_write_into_a_full_send_buffer_resumes_when_the_peer_reads() {
 #[test]
 fn on_a_runtime_thread_it_never_waits_itself() {
     let mut reader = Reader::connected();
-    let handle = reader._runtime.handle().clone();
+    let handle = reader.runtime.handle().clone();
     let _runtime = handle.enter();
     let mut buf = [0u8; 64];
     let mut quickest = Duration::MAX;
     for _ in 0..5 {
-        reader.peer.write_all(b"input").expect("sent");
+        reader.send(b"input");
         reader.read_then_yield(b"input");
         let started = Instant::now();
         assert_eq!(reader.read(&mut buf), Poll::Pending);
@@ -225,12 +236,10 @@ fn on_a_runtime_thread_it_never_waits_itself() {
 
 #[test]
 fn a_reader_waiting_on_its_own_wakes_for_a_chunk_not_for_each_small_write() {
-    let mut reader = Reader::connected();
-    reader.peer.write_all(b"first").expect("sent");
-    reader.read_then_yield(b"first");
+    let mut reader = Reader::after_a_first_read();
 
     // Less than a chunk: the short wait runs out, then what came is read.
-    reader.peer.write_all(b"small").expect("sent");
+    reader.send(b"small");
     reader.wait_for_bytes(5);
     let mut buf = vec![0u8; 2 * LOW_WATER];
     let started = Instant::now();
@@ -243,7 +252,7 @@ fn a_reader_waiting_on_its_own_wakes_for_a_chunk_not_for_each_small_write() {
     let mut quickest = Duration::MAX;
     for _ in 0..5 {
         assert_eq!(reader.read(&mut buf), Poll::Pending, "a yield");
-        reader.peer.write_all(&chunk).expect("sent");
+        reader.send(&chunk);
         reader.wait_for_bytes(LOW_WATER);
         let started = Instant::now();
         assert_eq!(reader.read(&mut buf), Poll::Ready(LOW_WATER));
@@ -263,11 +272,8 @@ fn a_socket_the_reactor_waits_for_behaves_as_tokios() {
     assert_eq!(reader.read(&mut buf), Poll::Pending);
     assert_eq!(reader.wakes(), 0, "no input: not woken");
 
-    reader.peer.write_all(b"input").expect("sent");
-    reader
-        .woken
-        .recv_timeout(DEADLINE)
-        .expect("the reactor wakes the reader when input arrives");
+    reader.send(b"input");
+    reader.woken_by_the_reactor("when input arrives");
     assert_eq!(reader.read(&mut buf), Poll::Ready(5));
     assert!(reader.on_the_reactor(), "it stays registered");
 }
