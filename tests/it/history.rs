@@ -2,7 +2,11 @@
 //! online), partitions kept ahead by one replica at a time, retention by whole
 //! partitions, exact deduplication, and summaries that answer the reports.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::atomic::{AtomicBool, AtomicI64, Ordering},
+    time::Duration,
+};
 
 use chrono::NaiveDateTime;
 use wfm_worker::{
@@ -263,6 +267,32 @@ async fn a_checkin_at_each_edge_of_the_partition_range_lands_where_it_belongs() 
     worker.stop().await.unwrap();
 }
 
+const LIVE: &str = "SELECT count(*) FROM clusters_checkins WHERE message_id LIKE 'live-%'";
+
+/// Publishes live checkins, a chunk at a time and never more than a few
+/// hundred ahead of what is stored, until `until` is set: the stream lasts as
+/// long as whatever runs beside it, however slow the machine. `published`
+/// counts what has gone, or is going, to the broker: never less than what is
+/// stored.
+async fn keep_ingesting(env: &TestEnv, published: &AtomicI64, until: &AtomicBool) {
+    const CHUNK: i64 = 100;
+    while !until.load(Ordering::Acquire) {
+        let next = published.load(Ordering::Acquire);
+        if next - env.db.count(LIVE).await < 4 * CHUNK {
+            let chunk: Vec<Outgoing> = (next..next + CHUNK)
+                .map(|i| {
+                    let cluster = format!("00000000-0000-4000-8000-{:012}", i % 10);
+                    Outgoing::new(checkin_body(&cluster, "live")).id(format!("live-{i}"))
+                })
+                .collect();
+            published.store(next + CHUNK, Ordering::Release);
+            env.broker.publish_checkins(&chunk).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn retention_drops_exactly_the_old_partitions_while_ingesting() {
     let env = TestEnv::new().await;
@@ -283,32 +313,26 @@ async fn retention_drops_exactly_the_old_partitions_while_ingesting() {
     settings.pipeline.prefetch = 40;
     let worker = RunningWorker::start(settings);
     env.wait_for_rows(CHECKINS, 110).await;
-    // New checkins flow while retention runs.
-    let live: Vec<Outgoing> = (0..3_000)
-        .map(|i| {
-            Outgoing::new(checkin_body(
-                &format!("00000000-0000-4000-8000-{:012}", i % 10),
-                "live",
-            ))
-            .id(format!("live-{i}"))
-        })
-        .collect();
-    env.broker.publish_checkins(&live).await;
-    env.wait_for_rows(
-        "SELECT count(*) FROM clusters_checkins WHERE message_id LIKE 'live-%'",
-        1,
-    )
-    .await;
+    // New checkins flow before, while and after retention runs.
     let retention = HistorySettings {
         retention: Some(Duration::from_secs(5 * 86_400)),
         ..day()
     };
-    let report = maintain(&env, &retention).await;
-    let live_then = env
-        .db
-        .count("SELECT count(*) FROM clusters_checkins WHERE message_id LIKE 'live-%'")
-        .await;
-    assert!(live_then < 3_000, "retention ran mid-stream: {live_then}");
+    let (published, done) = (AtomicI64::new(0), AtomicBool::new(false));
+    let ((), (struck, report)) = tokio::join!(keep_ingesting(&env, &published, &done), async {
+        env.wait_for_rows(LIVE, 1).await;
+        let stored = env.db.count(LIVE).await;
+        let sent = published.load(Ordering::Acquire);
+        let report = maintain(&env, &retention).await;
+        done.store(true, Ordering::Release);
+        ((stored, sent), report)
+    });
+    assert!(
+        struck.0 < struck.1,
+        "retention struck mid-stream: {} of {} stored",
+        struck.0,
+        struck.1
+    );
     let dropped: Vec<String> = report.dropped.iter().map(|(n, _)| n.clone()).collect();
     let expected: Vec<String> = (-10..-5)
         .map(|d| Period::Day.partition_name(midnight(d)))
@@ -317,11 +341,9 @@ async fn retention_drops_exactly_the_old_partitions_while_ingesting() {
         dropped, expected,
         "exactly the partitions wholly older than 5 days"
     );
-    env.wait_for_rows(
-        "SELECT count(*) FROM clusters_checkins WHERE message_id LIKE 'live-%'",
-        3_000,
-    )
-    .await;
+    let published = published.into_inner();
+    env.wait_for_rows(LIVE, published).await;
+    assert_eq!(env.db.count(LIVE).await, published, "each stored once");
     assert_eq!(
         env.db
             .count("SELECT count(*) FROM clusters_checkins WHERE message_id LIKE 'h%'")
@@ -332,7 +354,7 @@ async fn retention_drops_exactly_the_old_partitions_while_ingesting() {
         env.db
             .count("SELECT sum(checkin_count)::bigint FROM clusters")
             .await,
-        3_110,
+        110 + published,
         "summaries keep counting what retention dropped"
     );
     worker.stop().await.unwrap();
