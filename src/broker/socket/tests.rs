@@ -137,13 +137,19 @@ impl Reader {
         }
     }
 
+    /// One read, which returns `expected`.
+    fn reads(&mut self, expected: &[u8]) {
+        let mut buf = [0u8; 64];
+        assert_eq!(self.read(&mut buf), Poll::Ready(expected.len()));
+        assert_eq!(&buf[..expected.len()], expected);
+    }
+
     /// Reads `expected` and then the read that finds the socket empty:
     /// `Pending`, already woken, so that lapin parses before it waits.
     fn read_then_yield(&mut self, expected: &[u8]) {
         self.wait_for_bytes(expected.len());
+        self.reads(expected);
         let mut buf = [0u8; 64];
-        assert_eq!(self.read(&mut buf), Poll::Ready(expected.len()));
-        assert_eq!(&buf[..expected.len()], expected);
         let wakes = self.wakes();
         assert_eq!(self.read(&mut buf), Poll::Pending);
         assert_eq!(self.wakes(), wakes + 1, "a yield wakes its reader at once");
@@ -156,9 +162,7 @@ fn input_that_is_there_when_the_reader_waits_is_read_without_the_reactor() {
 
     reader.send(b"second");
     reader.wait_for_bytes(6);
-    let mut buf = [0u8; 64];
-    assert_eq!(reader.read(&mut buf), Poll::Ready(6));
-    assert_eq!(&buf[..6], b"second");
+    reader.reads(b"second");
     assert!(!reader.on_the_reactor());
 }
 
@@ -175,8 +179,7 @@ fn a_reader_idle_past_the_short_wait_is_woken_by_the_reactor_and_leaves_it_after
 
     reader.send(b"later");
     reader.woken_by_the_reactor("when input arrives");
-    assert_eq!(reader.read(&mut buf), Poll::Ready(5));
-    assert_eq!(&buf[..5], b"later");
+    reader.reads(b"later");
     assert!(!reader.on_the_reactor());
 }
 
