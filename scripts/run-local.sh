@@ -19,7 +19,9 @@ if [ -z "${WFM_DATABASE_URL:-}" ]; then
 fi
 # The AWS SDK (cargo feature `rds`, a third of a cold build's CPU) and the
 # OpenTelemetry exporter (`otlp`) are left out unless asked for: a local
-# database needs neither, and a first run builds that much sooner.
+# database needs neither, and a first run builds that much sooner. So is the
+# `jemalloc` allocator: its C build (~50 s) would take a first run past four
+# minutes, for ~1.2 µs of CPU per message that a local run does not miss.
 wanted=()
 if [ -n "${WFM_RDS_INSTANCE_ID:-}" ] || [ "${WFM_RDS_IAM_AUTH:-false}" != false ] ||
   [[ " $* " == *" --rds-"* ]]; then

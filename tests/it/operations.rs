@@ -164,6 +164,42 @@ fn the_dockerfile_builds_in_stages_and_runs_the_binary_as_non_root_with_a_health
     assert!(has(r#"CMD ["run"]"#));
 }
 
+/// The image names its features (so that a placeholder build of the
+/// dependencies builds the same ones): each default feature must be among
+/// them, and the compiled-in allocator options must reach the build.
+#[test]
+fn the_dockerfile_builds_every_default_feature_with_the_repository_cargo_config() {
+    let dockerfile = include_str!("../../Dockerfile");
+    let manifest = include_str!("../../Cargo.toml");
+    let defaults = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("default = ["))
+        .and_then(|l| l.strip_suffix(']'))
+        .expect("a default feature list");
+    let builds: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.contains("cargo build"))
+        .collect();
+    assert_eq!(builds.len(), 2, "dependencies, then the sources");
+    for build in builds {
+        let named = build
+            .split("--features ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no --features in {build}"));
+        for feature in defaults.split(',').map(|f| f.trim().trim_matches('"')) {
+            assert!(
+                named.split(',').any(|n| n == feature),
+                "{feature} missing from {build}"
+            );
+        }
+    }
+    let config = dockerfile
+        .find("COPY .cargo ./.cargo")
+        .expect("COPY .cargo");
+    assert!(config < dockerfile.find("cargo build").unwrap());
+}
+
 #[tokio::test]
 async fn readiness_answers_at_once_while_every_pooled_connection_is_busy() {
     let env = TestEnv::new().await;
