@@ -22,14 +22,12 @@
 
 use std::{
     io::{self, IoSlice, Read, Write},
-    net::SocketAddr,
     os::fd::AsRawFd,
     pin::Pin,
     task::{Context, Poll, ready},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use async_rs::{Tokio, traits::Reactor};
 use futures_io::{AsyncRead, AsyncWrite};
 use rustix::{
     event::{PollFd, PollFlags, Timespec, poll},
@@ -37,6 +35,9 @@ use rustix::{
     net::{Shutdown, shutdown},
 };
 use tokio::{net::TcpStream, runtime::Handle};
+
+mod reactor;
+pub use reactor::SocketReactor;
 
 /// How long lapin's thread waits on the socket itself before it reads what
 /// has come (if anything) or registers with the reactor. Frames queued
@@ -58,70 +59,6 @@ pub enum Wait {
     Own,
     /// tokio's reactor, always.
     Reactor,
-}
-
-/// An async-rs reactor that is tokio's in everything but its TCP streams,
-/// which are [`Socket`]s.
-#[derive(Clone, Debug)]
-pub struct SocketReactor {
-    tokio: Tokio,
-    handle: Handle,
-    wait: Wait,
-}
-
-impl SocketReactor {
-    /// Bound to the runtime this is called from.
-    ///
-    /// # Panics
-    /// Outside a tokio runtime.
-    pub fn current(wait: Wait) -> Self {
-        SocketReactor {
-            tokio: Tokio::current(),
-            handle: Handle::current(),
-            wait,
-        }
-    }
-}
-
-impl Reactor for SocketReactor {
-    type TcpStream = Socket;
-    type Sleep = <Tokio as Reactor>::Sleep;
-
-    /// lapin never registers a handle of its own: it reaches the network only
-    /// through [`Reactor::tcp_connect_addr`].
-    fn register<H: Read + Write + Send + 'static>(
-        &self,
-        _socket: H,
-    ) -> io::Result<impl AsyncRead + AsyncWrite + Send + Unpin + 'static> {
-        Err::<Socket, _>(io::Error::other(
-            "SocketReactor registers only the sockets it connects",
-        ))
-    }
-
-    fn sleep(&self, dur: Duration) -> Self::Sleep {
-        self.tokio.sleep(dur)
-    }
-
-    fn interval(
-        &self,
-        dur: Duration,
-    ) -> impl futures_util::Stream<Item = Instant> + Send + 'static {
-        self.tokio.interval(dur)
-    }
-
-    fn tcp_connect_addr(
-        &self,
-        addr: SocketAddr,
-    ) -> impl Future<Output = io::Result<Socket>> + Send + 'static {
-        let (handle, wait) = (self.handle.clone(), self.wait);
-        async move {
-            // Connected through tokio (lapin polls this under the runtime's
-            // `block_on`), then taken off the reactor: it stays non-blocking.
-            let stream = tokio::net::TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            Socket::new(stream.into_std()?, handle, wait)
-        }
-    }
 }
 
 /// A non-blocking TCP stream that waits for input on its own first (see the
