@@ -128,9 +128,11 @@ async fn metrics_count_stored_and_dead_lettered_messages() {
     worker.stop().await.unwrap();
 }
 
+const DOCKERFILE: &str = include_str!("../../Dockerfile");
+
 #[test]
 fn the_dockerfile_builds_in_stages_and_runs_the_binary_as_non_root_with_a_healthcheck() {
-    let dockerfile = include_str!("../../Dockerfile");
+    let dockerfile = DOCKERFILE;
     let lines: Vec<&str> = dockerfile
         .lines()
         .map(str::trim)
@@ -169,7 +171,7 @@ fn the_dockerfile_builds_in_stages_and_runs_the_binary_as_non_root_with_a_health
 /// them, and the compiled-in allocator options must reach the build.
 #[test]
 fn the_dockerfile_builds_every_default_feature_with_the_repository_cargo_config() {
-    let dockerfile = include_str!("../../Dockerfile");
+    let dockerfile = DOCKERFILE;
     let manifest = include_str!("../../Cargo.toml");
     let defaults = manifest
         .lines()
