@@ -116,13 +116,18 @@ impl BenchEnv {
     /// A consumer of the checkin queue on a channel of its own, with the
     /// worker's `prefetch`.
     pub async fn consume_checkins(&self, prefetch: u16) -> anyhow::Result<Consumer> {
+        self.consume(&self.topology.checkin_queue, prefetch).await
+    }
+
+    /// A consumer of `queue` on a channel of its own, with `prefetch`.
+    pub async fn consume(&self, queue: &str, prefetch: u16) -> anyhow::Result<Consumer> {
         let channel = self.connection.create_channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
         Ok(channel
             .basic_consume(
-                self.topology.checkin_queue.as_str().into(),
+                queue.into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),

@@ -9,7 +9,8 @@
 //! 5. publish→commit latency at a steady offered load (and its floor: publish→
 //!    deliver through the broker alone)
 //! 6. the worker's peak RSS during (3)
-//! 7. worker, versions backlog
+//! 7. worker, versions backlog (and its limits: the broker alone, the version
+//!    upsert alone)
 //!
 //! `--history` measures checkin history at scale (8-12), `--cluster` the
 //! worker on private RabbitMQ clusters (13-14), `--tracing` the cost of
@@ -123,6 +124,9 @@ struct Run {
     cpu_split: procfs::CpuByThread,
     resident: String,
     versions: f64,
+    /// (7)'s limits: the broker alone and the version upsert alone.
+    versions_broker: f64,
+    versions_database: f64,
 }
 
 /// One of a run's latency measurements.
@@ -130,8 +134,18 @@ type Measured = fn(&Run) -> &Option<latency::Latencies>;
 
 impl Run {
     fn serial(&self) -> f64 {
-        1.0 / (1.0 / self.broker + 1.0 / self.database)
+        serial(self.broker, self.database)
     }
+
+    fn versions_serial(&self) -> f64 {
+        serial(self.versions_broker, self.versions_database)
+    }
+}
+
+/// The rate if every message paid the broker's cost and the database's one
+/// after the other.
+fn serial(broker: f64, database: f64) -> f64 {
+    1.0 / (1.0 / broker + 1.0 / database)
 }
 
 #[tokio::main]
@@ -199,7 +213,7 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
     let mut run = Run::default();
     let on = |phase: u8| args.phases.contains(&phase);
     if on(1) {
-        run.broker = phases::broker_limit(limits, args.messages).await?;
+        run.broker = phases::broker_limit(limits, Backlog::Checkins, args.messages).await?;
         eprintln!("  broker limit      {:>9.0} msgs/s", run.broker);
     }
     if on(2) {
@@ -238,7 +252,12 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         let drain =
             phases::worker_drain(limits, exe, versions, args.versions, args.batch_size).await?;
         run.versions = drain.rate;
-        eprintln!("  worker versions   {:>9.0} msgs/s", run.versions);
+        run.versions_broker = phases::broker_limit(limits, versions, args.versions).await?;
+        run.versions_database = phases::versions_database_limit(limits, args.versions).await?;
+        eprintln!(
+            "  worker versions   {:>9.0} msgs/s (broker alone {:.0}, database alone {:.0})",
+            run.versions, run.versions_broker, run.versions_database
+        );
     }
     if on(5) {
         for (rate, slot) in [
@@ -378,6 +397,17 @@ async fn print_report(args: &Args, runs: &[Run]) {
         "| (7) worker, backlog of {} versions | {versions:.0} msgs/s | ≥ 40,000: {} |",
         args.versions,
         verdict(versions, versions >= 40_000.0)
+    );
+    println!(
+        "| (7) its limits: the broker alone (as (1)) / the version upsert alone (as (2)) / serial L | {:.0} / {:.0} / {:.0} msgs/s | |",
+        m(&|r| r.versions_broker),
+        m(&|r| r.versions_database),
+        m(&Run::versions_serial)
+    );
+    println!(
+        "| (7) over its database limit / over its L | {:.2} / {:.2} | |",
+        m(&|r| r.versions / r.versions_database),
+        m(&|r| r.versions / r.versions_serial())
     );
     let over_serial = m(&|r| r.backlog / r.serial());
     let over_database = m(&|r| r.backlog / r.database);

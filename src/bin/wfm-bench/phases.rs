@@ -10,7 +10,7 @@ use wfm_worker::{
     app,
     broker::{CHECKIN_ROUTING_KEY, VERSION_ROUTING_KEY},
     config::PipelineSettings,
-    message::{self, Checkin, Envelope, Item},
+    message::{self, Checkin, Envelope, Item, VersionEvent},
     store,
 };
 
@@ -29,14 +29,19 @@ pub struct Limits<'a> {
     pub batches: PipelineSettings,
 }
 
-/// (1) A consumer that only acks, with the worker's prefetch and ack style
-/// (one `multiple` ack per batch, batches ending where the worker's do).
-pub async fn broker_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f64> {
+/// (1), and (7)'s broker limit: a consumer that only acks, with the worker's
+/// prefetch and ack style (one `multiple` ack per batch, batches ending where
+/// the worker's do).
+pub async fn broker_limit(
+    limits: &Limits<'_>,
+    backlog: Backlog,
+    count: usize,
+) -> anyhow::Result<f64> {
     let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
-    env.prefill(CHECKIN_ROUTING_KEY, count, payload::checkin)
-        .await?;
+    let (key, body, queue) = backlog.source(&env);
+    env.prefill(key, count, body).await?;
     let started = Instant::now();
-    let mut consumer = env.consume_checkins(limits.prefetch).await?;
+    let mut consumer = env.consume(&queue, limits.prefetch).await?;
     let (mut received, mut in_batch, mut batch_bytes) = (0, 0, 0);
     let mut pending: Option<Delivery> = None;
     while received < count {
@@ -54,10 +59,7 @@ pub async fn broker_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f
         }
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        env.ready(&env.topology.checkin_queue).await? == 0,
-        "queue not drained"
-    );
+    anyhow::ensure!(env.ready(&queue).await? == 0, "queue not drained");
     env.drop_all().await;
     Ok(rate)
 }
@@ -93,7 +95,8 @@ pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result
     let started = Instant::now();
     let mut rest = &checkins[..];
     while !rest.is_empty() {
-        let (batch, after) = rest.split_at(batch_end(rest, limits));
+        let end = batch_end(rest.iter().map(|c| c.value.document.len()), limits);
+        let (batch, after) = rest.split_at(end);
         let mut conn = pool.get().await?;
         store::write_checkins(&mut conn, batch).await?;
         rest = after;
@@ -114,16 +117,67 @@ pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result
     Ok(rate)
 }
 
-/// How many of `checkins` the worker's reader would put in one batch.
-fn batch_end(checkins: &[Item<Checkin<'_>>], limits: &Limits<'_>) -> usize {
-    let mut bytes = 0;
-    for (at, checkin) in checkins.iter().enumerate() {
-        bytes += checkin.value.document.len();
+/// How many of `bodies` (their lengths) the worker's reader would put in one
+/// batch.
+fn batch_end(bodies: impl ExactSizeIterator<Item = usize>, limits: &Limits<'_>) -> usize {
+    let (mut bytes, len) = (0, bodies.len());
+    for (at, body) in bodies.enumerate() {
+        bytes += body;
         if limits.batches.batch_is_full(at + 1, bytes) {
             return at + 1;
         }
     }
-    checkins.len()
+    len
+}
+
+/// (7)'s database limit: the worker's version upsert, driven directly on one
+/// connection, in the worker's batches.
+pub async fn versions_database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f64> {
+    let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
+    let settings = env.database(1);
+    app::bootstrap(&settings).await?;
+    let pool = store::connect_pool(&settings).await?;
+    let bodies: Vec<String> = (0..count).map(payload::version).collect();
+    let received_at = chrono::Utc::now();
+    let versions: Vec<Item<VersionEvent<'_>>> = bodies
+        .iter()
+        .enumerate()
+        .map(|(index, body)| {
+            let envelope = Envelope {
+                body: body.as_bytes(),
+                message_id: None,
+                timestamp_secs: None,
+                timestamp_ms: Some(payload::now_ms()),
+                received_at,
+            };
+            let value = VersionEvent::parse(&envelope, &message::Limits::default())
+                .expect("bench payload is valid");
+            Item { index, value }
+        })
+        .collect();
+    let started = Instant::now();
+    let mut rest = &versions[..];
+    while !rest.is_empty() {
+        let end = batch_end(rest.iter().map(|v| bodies[v.index].len()), limits);
+        let (batch, after) = rest.split_at(end);
+        let mut conn = pool.get().await?;
+        store::write_versions(&mut conn, batch).await?;
+        rest = after;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let stored: i64 = env
+        .client()
+        .await?
+        .query_one("SELECT count(*) FROM versions", &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        stored == count as i64,
+        "versions database phase stored {stored} of {count}"
+    );
+    drop(pool);
+    env.drop_all().await;
+    Ok(rate)
 }
 
 /// What a worker drain measured.
@@ -155,11 +209,30 @@ async fn mean_batch(http: std::net::SocketAddr, queue: &str) -> f64 {
     value("wfm_batch_size_messages_sum") / value("wfm_batch_size_messages_count")
 }
 
-/// Which queue a worker drain fills.
+/// Which queue a phase fills.
 #[derive(Clone, Copy)]
 pub enum Backlog {
     Checkins,
     Versions,
+}
+
+impl Backlog {
+    /// The routing key, the body of the `i`th message, and the queue.
+    fn source(self, env: &BenchEnv) -> (&'static str, fn(usize) -> String, String) {
+        let t = &env.topology;
+        match self {
+            Self::Checkins => (
+                CHECKIN_ROUTING_KEY,
+                payload::checkin,
+                t.checkin_queue.clone(),
+            ),
+            Self::Versions => (
+                VERSION_ROUTING_KEY,
+                payload::version,
+                t.version_queue.clone(),
+            ),
+        }
+    }
 }
 
 /// (3), (4), (7): the real binary drains a pre-filled queue; timed from spawn
@@ -184,18 +257,7 @@ pub async fn worker_drain_with(
     vars: &[(&str, &str)],
 ) -> anyhow::Result<Drain> {
     let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
-    let (key, body, queue): (_, fn(usize) -> String, _) = match backlog {
-        Backlog::Checkins => (
-            CHECKIN_ROUTING_KEY,
-            payload::checkin,
-            env.topology.checkin_queue.clone(),
-        ),
-        Backlog::Versions => (
-            VERSION_ROUTING_KEY,
-            payload::version,
-            env.topology.version_queue.clone(),
-        ),
-    };
+    let (key, body, queue) = backlog.source(&env);
     env.prefill(key, count, body).await?;
     let client = env.client().await?;
     let started = Instant::now();
