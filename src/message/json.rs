@@ -246,6 +246,83 @@ mod tests {
         }
     }
 
+    /// The guard byte by byte, the plainest way: what the string-by-string
+    /// scan must agree with.
+    fn byte_by_byte(text: &str, max_depth: usize) -> Result<(), String> {
+        let bytes = text.as_bytes();
+        let (mut depth, mut in_string, mut i) = (0usize, false, 0);
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' if in_string => {
+                    i = match bytes.get(i + 1) {
+                        Some(b'u') => unicode_escape(bytes, i).map_err(|r| r.reason)?,
+                        _ => i + 2,
+                    };
+                    continue;
+                }
+                b'"' => in_string = !in_string,
+                b'{' | b'[' if !in_string => {
+                    depth += 1;
+                    if depth > max_depth {
+                        return Err(format!(
+                            "JSON is nested deeper than {max_depth} levels (WFM_MAX_JSON_DEPTH)"
+                        ));
+                    }
+                }
+                b'}' | b']' if !in_string => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_guard_agrees_with_a_scan_byte_by_byte() {
+        // Pieces that matter to the guard, bytes one bit off a bracket,
+        // multi-byte UTF-8, and escapes of every kind, in documents of every
+        // length around the word and vector boundaries.
+        const PIECES: [&str; 23] = [
+            // Longer than the word scan: the rest of the string is memchr's.
+            "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+            "\"",
+            "\\",
+            "{",
+            "[",
+            "}",
+            "]",
+            "a",
+            "é",
+            "Y",
+            "_",
+            "y",
+            "\u{7f}",
+            " ",
+            ":",
+            "\\\"",
+            "\\\\",
+            "\\u0041",
+            "\\u0000",
+            "\\uD800",
+            "\\uDC00",
+            "\\uD83D\\uDE00",
+            "\\u12",
+        ];
+        let mut rng = fastrand::Rng::with_seed(13);
+        for case in 0..200_000 {
+            let pieces = rng.usize(0..40);
+            let text: String = (0..pieces)
+                .map(|_| PIECES[rng.usize(..PIECES.len())])
+                .collect();
+            let max_depth = rng.usize(1..5);
+            assert_eq!(
+                guard(&text, max_depth).map_err(|r| r.reason),
+                byte_by_byte(&text, max_depth),
+                "case {case}: {text:?} at depth {max_depth}"
+            );
+        }
+    }
+
     #[test]
     fn lone_surrogates_are_refused_and_pairs_accepted() {
         assert!(reason(r#"{"x":"\uD800"}"#).contains("lone surrogate escape \\uD800"));
