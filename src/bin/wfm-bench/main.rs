@@ -255,8 +255,8 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         run.versions_broker = phases::broker_limit(limits, versions, args.versions).await?;
         run.versions_database = phases::versions_database_limit(limits, args.versions).await?;
         eprintln!(
-            "  worker versions   {:>9.0} msgs/s (broker alone {:.0}, database alone {:.0})",
-            run.versions, run.versions_broker, run.versions_database
+            "  worker versions   {:>9.0} msgs/s, {:.0} msgs/batch (broker alone {:.0}, database alone {:.0})",
+            run.versions, drain.mean_batch, run.versions_broker, run.versions_database
         );
     }
     if on(5) {
