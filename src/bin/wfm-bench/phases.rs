@@ -11,7 +11,7 @@ use wfm_worker::{
     broker::{CHECKIN_ROUTING_KEY, VERSION_ROUTING_KEY},
     config::PipelineSettings,
     message::{self, Checkin, Envelope, Item, VersionEvent},
-    store,
+    store::{self, PgConnection, StoreError, WriteOutcome},
 };
 
 use crate::{
@@ -68,10 +68,6 @@ pub async fn broker_limit(
 /// worker's batches: up to the batch size, ending once the bodies reach
 /// `batch_bytes`.
 pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f64> {
-    let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
-    let settings = env.database(1);
-    app::bootstrap(&settings).await?;
-    let pool = store::connect_pool(&settings).await?;
     let bodies: Vec<String> = (0..count).map(payload::checkin).collect();
     let ids: Vec<String> = (0..count).map(|i| format!("m-{i}")).collect();
     let received_at = chrono::Utc::now();
@@ -80,37 +76,80 @@ pub async fn database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result
         .zip(&ids)
         .enumerate()
         .map(|(index, (body, id))| {
-            let envelope = Envelope {
-                body: body.as_bytes(),
-                message_id: Some(id),
-                timestamp_secs: None,
-                timestamp_ms: Some(payload::now_ms()),
-                received_at,
-            };
+            let envelope = envelope(body, Some(id), received_at);
             let value = Checkin::parse(&envelope, &message::Limits::default())
                 .expect("bench payload is valid");
             Item { index, value }
         })
         .collect();
+    let body_len = |checkin: &Item<Checkin<'_>>| checkin.value.document.len();
+    let stored = "SELECT count(*) FROM clusters_checkins";
+    drive_writes(limits, &checkins, body_len, store::write_checkins, stored).await
+}
+
+/// (7)'s database limit: the worker's version upsert, driven directly as (2).
+pub async fn versions_database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f64> {
+    let bodies: Vec<String> = (0..count).map(payload::version).collect();
+    let received_at = chrono::Utc::now();
+    let versions: Vec<Item<VersionEvent<'_>>> = bodies
+        .iter()
+        .enumerate()
+        .map(|(index, body)| {
+            let envelope = envelope(body, None, received_at);
+            let value = VersionEvent::parse(&envelope, &message::Limits::default())
+                .expect("bench payload is valid");
+            Item { index, value }
+        })
+        .collect();
+    let body_len = |version: &Item<VersionEvent<'_>>| bodies[version.index].len();
+    let stored = "SELECT count(*) FROM versions";
+    drive_writes(limits, &versions, body_len, store::write_versions, stored).await
+}
+
+/// `body` as the worker receives it, published now.
+fn envelope<'a>(
+    body: &'a str,
+    message_id: Option<&'a str>,
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> Envelope<'a> {
+    Envelope {
+        body: body.as_bytes(),
+        message_id,
+        timestamp_secs: None,
+        timestamp_ms: Some(payload::now_ms()),
+        received_at,
+    }
+}
+
+/// Writes `items` with `write` on one connection to a database of the
+/// phase's own, in the worker's batches (`body_len` gives each item's body
+/// size), one after the other; returns the rate once `stored` (a count)
+/// finds a row per item.
+async fn drive_writes<T>(
+    limits: &Limits<'_>,
+    items: &[Item<T>],
+    body_len: impl Fn(&Item<T>) -> usize,
+    write: impl AsyncFn(&mut PgConnection, &[Item<T>]) -> Result<WriteOutcome, StoreError>,
+    stored: &str,
+) -> anyhow::Result<f64> {
+    let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
+    let settings = env.database(1);
+    app::bootstrap(&settings).await?;
+    let pool = store::connect_pool(&settings).await?;
     let started = Instant::now();
-    let mut rest = &checkins[..];
+    let mut rest = items;
     while !rest.is_empty() {
-        let end = batch_end(rest.iter().map(|c| c.value.document.len()), limits);
-        let (batch, after) = rest.split_at(end);
+        let (batch, after) = rest.split_at(batch_end(rest.iter().map(&body_len), limits));
         let mut conn = pool.get().await?;
-        store::write_checkins(&mut conn, batch).await?;
+        write(&mut conn, batch).await?;
         rest = after;
     }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    let stored: i64 = env
-        .client()
-        .await?
-        .query_one("SELECT count(*) FROM clusters_checkins", &[])
-        .await?
-        .get(0);
+    let rate = items.len() as f64 / started.elapsed().as_secs_f64();
+    let rows: i64 = env.client().await?.query_one(stored, &[]).await?.get(0);
     anyhow::ensure!(
-        stored == count as i64,
-        "database phase stored {stored} of {count}"
+        rows == items.len() as i64,
+        "a database phase stored {rows} rows of {}",
+        items.len()
     );
     drop(pool);
     env.drop_all().await;
@@ -128,56 +167,6 @@ fn batch_end(bodies: impl ExactSizeIterator<Item = usize>, limits: &Limits<'_>) 
         }
     }
     len
-}
-
-/// (7)'s database limit: the worker's version upsert, driven directly on one
-/// connection, in the worker's batches.
-pub async fn versions_database_limit(limits: &Limits<'_>, count: usize) -> anyhow::Result<f64> {
-    let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
-    let settings = env.database(1);
-    app::bootstrap(&settings).await?;
-    let pool = store::connect_pool(&settings).await?;
-    let bodies: Vec<String> = (0..count).map(payload::version).collect();
-    let received_at = chrono::Utc::now();
-    let versions: Vec<Item<VersionEvent<'_>>> = bodies
-        .iter()
-        .enumerate()
-        .map(|(index, body)| {
-            let envelope = Envelope {
-                body: body.as_bytes(),
-                message_id: None,
-                timestamp_secs: None,
-                timestamp_ms: Some(payload::now_ms()),
-                received_at,
-            };
-            let value = VersionEvent::parse(&envelope, &message::Limits::default())
-                .expect("bench payload is valid");
-            Item { index, value }
-        })
-        .collect();
-    let started = Instant::now();
-    let mut rest = &versions[..];
-    while !rest.is_empty() {
-        let end = batch_end(rest.iter().map(|v| bodies[v.index].len()), limits);
-        let (batch, after) = rest.split_at(end);
-        let mut conn = pool.get().await?;
-        store::write_versions(&mut conn, batch).await?;
-        rest = after;
-    }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    let stored: i64 = env
-        .client()
-        .await?
-        .query_one("SELECT count(*) FROM versions", &[])
-        .await?
-        .get(0);
-    anyhow::ensure!(
-        stored == count as i64,
-        "versions database phase stored {stored} of {count}"
-    );
-    drop(pool);
-    env.drop_all().await;
-    Ok(rate)
 }
 
 /// What a worker drain measured.
