@@ -34,4 +34,8 @@ features=(--no-default-features)
 if [ ${#wanted[@]} -gt 0 ]; then
   features+=(--features "$(IFS=,; echo "${wanted[*]}")")
 fi
+# Nor thin LTO (Cargo.toml's release profile): ~1 µs of CPU per message that
+# a local run does not miss, and 23 s of a first run on a slow two-core
+# machine (4 min 02 s → 3 min 39 s, BENCHMARKS.md). Set it to `thin` to keep it.
+export CARGO_PROFILE_RELEASE_LTO="${CARGO_PROFILE_RELEASE_LTO:-false}"
 exec cargo run --release --locked "${features[@]}" --bin wfm-worker -- run "$@"
