@@ -132,8 +132,7 @@ const DOCKERFILE: &str = include_str!("../../Dockerfile");
 
 #[test]
 fn the_dockerfile_builds_in_stages_and_runs_the_binary_as_non_root_with_a_healthcheck() {
-    let dockerfile = DOCKERFILE;
-    let lines: Vec<&str> = dockerfile
+    let lines: Vec<&str> = DOCKERFILE
         .lines()
         .map(str::trim)
         .filter(|l| !l.starts_with('#'))
@@ -161,7 +160,7 @@ fn the_dockerfile_builds_in_stages_and_runs_the_binary_as_non_root_with_a_health
         "{user}"
     );
     assert!(has("EXPOSE 9090"));
-    assert!(has("HEALTHCHECK") && dockerfile.contains(r#"CMD ["wfm-worker", "healthcheck"]"#));
+    assert!(has("HEALTHCHECK") && DOCKERFILE.contains(r#"CMD ["wfm-worker", "healthcheck"]"#));
     assert!(has(r#"ENTRYPOINT ["wfm-worker"]"#));
     assert!(has(r#"CMD ["run"]"#));
 }
@@ -171,14 +170,13 @@ fn the_dockerfile_builds_in_stages_and_runs_the_binary_as_non_root_with_a_health
 /// them, and the compiled-in allocator options must reach the build.
 #[test]
 fn the_dockerfile_builds_every_default_feature_with_the_repository_cargo_config() {
-    let dockerfile = DOCKERFILE;
     let manifest = include_str!("../../Cargo.toml");
     let defaults = manifest
         .lines()
         .find_map(|l| l.strip_prefix("default = ["))
         .and_then(|l| l.strip_suffix(']'))
         .expect("a default feature list");
-    let builds: Vec<&str> = dockerfile
+    let builds: Vec<&str> = DOCKERFILE
         .lines()
         .filter(|l| l.contains("cargo build"))
         .collect();
@@ -196,10 +194,10 @@ fn the_dockerfile_builds_every_default_feature_with_the_repository_cargo_config(
             );
         }
     }
-    let config = dockerfile
+    let config = DOCKERFILE
         .find("COPY .cargo ./.cargo")
         .expect("COPY .cargo");
-    assert!(config < dockerfile.find("cargo build").unwrap());
+    assert!(config < DOCKERFILE.find("cargo build").unwrap());
 }
 
 #[tokio::test]

@@ -113,12 +113,6 @@ impl BenchEnv {
         Ok(())
     }
 
-    /// A consumer of the checkin queue on a channel of its own, with the
-    /// worker's `prefetch`.
-    pub async fn consume_checkins(&self, prefetch: u16) -> anyhow::Result<Consumer> {
-        self.consume(&self.topology.checkin_queue, prefetch).await
-    }
-
     /// A consumer of `queue` on a channel of its own, with `prefetch`.
     pub async fn consume(&self, queue: &str, prefetch: u16) -> anyhow::Result<Consumer> {
         let channel = self.connection.create_channel().await?;

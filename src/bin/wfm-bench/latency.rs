@@ -82,7 +82,9 @@ pub async fn broker_latency(
     seconds: u64,
 ) -> anyhow::Result<Latencies> {
     let env = BenchEnv::new(limits.admin_url, limits.amqp_url).await?;
-    let mut consumer = env.consume_checkins(limits.prefetch).await?;
+    let mut consumer = env
+        .consume(&env.topology.checkin_queue, limits.prefetch)
+        .await?;
     let (delivered, mut arrived) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
