@@ -273,11 +273,13 @@ impl Worker<'_> {
         frames: &mut broker::ConsumingFrames,
     ) -> Result<(), RunError> {
         let broker = &self.settings.broker;
+        let pace = broker::Pace::default();
         let Some(connection) = self
             .unless_shutdown(broker::connect_consuming(
                 broker,
                 &broker.connection_name,
                 *frames,
+                pace.clone(),
             ))
             .await?
         else {
@@ -297,7 +299,7 @@ impl Worker<'_> {
         };
         self.readiness.set_broker_connected(true);
         let result = self
-            .consume_on(pool, &connection, &dead_letter_connection, retry)
+            .consume_on(pool, &connection, &dead_letter_connection, &pace, retry)
             .await;
         self.readiness.set_broker_connected(false);
         if result.is_err() && refusals.refused() && *frames != broker::ConsumingFrames::Brokers {
@@ -333,6 +335,7 @@ impl Worker<'_> {
         pool: &Pool,
         connection: &Connection,
         dead_letter_connection: &Connection,
+        pace: &broker::Pace,
         retry: &mut Retry<'_>,
     ) -> Result<(), RunError> {
         let topology = &self.settings.broker.topology;
@@ -373,6 +376,7 @@ impl Worker<'_> {
                 settings: self.settings.pipeline.clone(),
                 readiness: self.readiness.clone(),
                 metrics: metrics.clone(),
+                pace: pace.clone(),
                 abandon: abandon.clone(),
                 shutdown: stop.clone(),
             };

@@ -17,7 +17,7 @@ use async_rs::{Runtime, Tokio, util::RuntimeParts};
 
 use super::{
     BrokerError,
-    socket::{SocketReactor, Wait},
+    socket::{Pace, SocketReactor, Wait},
 };
 use crate::config::{BrokerSettings, describe_amqp};
 
@@ -61,17 +61,19 @@ pub enum ConsumingFrames {
 }
 
 /// [`connect`] for the worker's consuming connection (see [`ConsumingFrames`]),
-/// whose I/O thread waits on its socket itself (see `socket`).
+/// whose I/O thread waits on its socket itself, at the `pace` its queues'
+/// readers set (see `socket`).
 pub async fn connect_consuming(
     settings: &BrokerSettings,
     name: &str,
     frames: ConsumingFrames,
+    pace: Pace,
 ) -> Result<Connection, BrokerError> {
     let ask = match frames {
         ConsumingFrames::Default => FrameAsk::Default(DEFAULT_FRAME_MAX),
         ConsumingFrames::Brokers => FrameAsk::Largest,
     };
-    connect_asking(settings, name, ask, Wait::Own).await
+    connect_asking(settings, name, ask, Wait::Own(pace)).await
 }
 
 /// Follows a connection for the failure that ends it: whether lapin refused a
@@ -157,7 +159,7 @@ async fn connect_asking(
     for mut uri in nodes {
         ask.apply(&mut uri);
         let uri = &uri;
-        match connect_to(uri, settings, name, wait).await {
+        match connect_to(uri, settings, name, wait.clone()).await {
             Ok(connection) => {
                 tracing::info!(node = %describe_amqp(uri), connection = name, "connected to the broker");
                 return Ok(connection);

@@ -16,6 +16,7 @@ pub use connection::{
 pub use dead_letter::{
     CopyRefused, DeadLetter, DeadLetters, confirmed, encoded_len, headers as dead_letter_headers,
 };
+pub use socket::{InBulk, Pace};
 pub use topology::{CHECKIN_ROUTING_KEY, Exchange, Plan, VERSION_ROUTING_KEY, declare_topology};
 
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};

@@ -10,11 +10,12 @@
 //! waits on its own socket").
 //!
 //! With [`Wait::Own`], lapin's thread waits on the socket itself, for a short
-//! while ([`SHORT_WAIT`]), until a chunk ([`LOW_WATER`] bytes) has arrived,
-//! and only then falls back to the reactor. The kernel wakes it directly, once
-//! per chunk rather than once per segment; while it reads this way the socket
-//! is not registered with the reactor, so the runtime's threads are not woken
-//! for it. A reader idle for longer (low load, a paused consumer, heartbeats
+//! while ([`SHORT_WAIT`]), and only then falls back to the reactor. The kernel
+//! wakes it directly: while some reader takes deliveries in bulk ([`Pace`]),
+//! once a chunk ([`LOW_WATER`] bytes) has arrived rather than once per
+//! segment; otherwise as soon as anything arrives. While it reads this way
+//! the socket is not registered with the reactor, so the runtime's threads
+//! are not woken for it. A reader idle for longer (low load, a paused consumer, heartbeats
 //! only) registers, with the low-water mark back at one byte, and is woken by
 //! the reactor as before. The short wait never happens on a runtime thread.
 //! [`Wait::Reactor`] is tokio's transport as it was, for the connections
@@ -36,7 +37,9 @@ use rustix::{
 };
 use tokio::{net::TcpStream, runtime::Handle};
 
+mod pace;
 mod reactor;
+pub use pace::{InBulk, Pace};
 pub use reactor::SocketReactor;
 
 /// How long lapin's thread waits on the socket itself before it reads what
@@ -46,17 +49,19 @@ pub use reactor::SocketReactor;
 /// enough to slow a backlog's drain (BENCHMARKS.md).
 pub const SHORT_WAIT: Duration = Duration::from_micros(200);
 
-/// How much input wakes lapin's thread from its own wait (SO_RCVLOWAT): about
-/// seven checkins. Each wake costs the thread a parse and a hand-off of what
-/// it read; without the mark it woke for every segment and spent on wakes
-/// what the runtime's threads saved.
+/// How much input wakes lapin's thread from its own wait (SO_RCVLOWAT) while
+/// deliveries are taken in bulk: about seven checkins. Each wake costs the
+/// thread a parse and a hand-off of what it read; without the mark a backlog
+/// woke it for every segment and spent on wakes what the runtime's threads
+/// saved.
 pub const LOW_WATER: usize = 16 * 1024;
 
 /// Who waits for the socket's input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Wait {
-    /// lapin's thread, briefly, then the reactor: for the consuming connection.
-    Own,
+    /// lapin's thread, briefly, then the reactor: for the consuming connection,
+    /// at the pace its readers take deliveries.
+    Own(Pace),
     /// tokio's reactor, always.
     Reactor,
 }
@@ -77,6 +82,8 @@ pub struct Socket {
     /// A write found the send buffer full and waits through the reactor:
     /// the registration must outlive that wait.
     write_waiting: bool,
+    /// The socket's SO_RCVLOWAT as last set.
+    low_water: usize,
 }
 
 /// The socket, off the reactor or on it. Registering and deregistering are
@@ -99,19 +106,35 @@ impl Socket {
             yielded: false,
             drained: false,
             write_waiting: false,
+            low_water: 1,
         };
-        match wait {
-            Wait::Own => socket.set_low_water(LOW_WATER)?,
+        match socket.wait {
+            Wait::Own(_) => socket.pace_low_water()?,
             Wait::Reactor => drop(socket.registered()?),
         }
         Ok(socket)
     }
 
-    fn set_low_water(&self, bytes: usize) -> io::Result<()> {
-        match &self.stream {
-            Stream::Direct(stream) => set_receive_low_water(stream, bytes),
-            _ => Err(lost()),
+    fn set_low_water(&mut self, bytes: usize) -> io::Result<()> {
+        if bytes == self.low_water {
+            return Ok(());
         }
+        match &self.stream {
+            Stream::Direct(stream) => set_receive_low_water(stream, bytes)?,
+            _ => return Err(lost()),
+        }
+        self.low_water = bytes;
+        Ok(())
+    }
+
+    /// The mark for lapin's thread waiting on its own: a chunk while some
+    /// reader takes deliveries in bulk, the first byte otherwise (see [`Pace`]).
+    fn pace_low_water(&mut self) -> io::Result<()> {
+        let bytes = match &self.wait {
+            Wait::Own(pace) if pace.bulk() => LOW_WATER,
+            _ => 1,
+        };
+        self.set_low_water(bytes)
     }
 
     /// Notes whether a read of `read` bytes, offered `offered`, left the
@@ -124,7 +147,7 @@ impl Socket {
     fn registered(&mut self) -> io::Result<&TcpStream> {
         if let Stream::Direct(_) = self.stream {
             // The reactor must hear of a lone message at once.
-            if self.wait == Wait::Own {
+            if let Wait::Own(_) = self.wait {
                 self.set_low_water(1)?;
             }
             let Stream::Direct(direct) = std::mem::replace(&mut self.stream, Stream::Moving) else {
@@ -139,8 +162,8 @@ impl Socket {
         }
     }
 
-    /// Off the reactor again, with the chunk-sized mark: only a socket that
-    /// waits on its own ([`Wait::Own`]) comes here.
+    /// Off the reactor again, with the mark its pace asks for: only a socket
+    /// that waits on its own ([`Wait::Own`]) comes here.
     fn deregister(&mut self) -> io::Result<()> {
         if let Stream::Registered(_) = self.stream {
             let Stream::Registered(registered) =
@@ -149,7 +172,7 @@ impl Socket {
                 unreachable!("matched above");
             };
             self.stream = Stream::Direct(registered.into_std()?);
-            self.set_low_water(LOW_WATER)?;
+            self.pace_low_water()?;
         }
         Ok(())
     }
@@ -183,15 +206,17 @@ impl Socket {
         }
     }
 
-    /// Waits up to [`SHORT_WAIT`] for [`LOW_WATER`] bytes of input. Never on
-    /// a runtime thread: there it would hold up every task of that thread.
-    fn wait_briefly(&self) -> io::Result<()> {
-        let Stream::Direct(stream) = &self.stream else {
-            return Ok(());
-        };
+    /// Waits up to [`SHORT_WAIT`] for input: a chunk or the first byte, as
+    /// the readers' pace asks. Never on a runtime thread: there it would hold
+    /// up every task of that thread.
+    fn wait_briefly(&mut self) -> io::Result<()> {
         if Handle::try_current().is_ok() {
             return Ok(());
         }
+        self.pace_low_water()?;
+        let Stream::Direct(stream) = &self.stream else {
+            return Ok(());
+        };
         let mut fds = [PollFd::new(stream, PollFlags::IN)];
         let timeout = Timespec {
             tv_sec: 0,
@@ -218,7 +243,7 @@ impl AsyncRead for Socket {
                 let Some(read) = ready!(this.poll_read_registered(cx, buf))? else {
                     continue;
                 };
-                if this.wait == Wait::Own && !this.write_waiting {
+                if matches!(this.wait, Wait::Own(_)) && !this.write_waiting {
                     this.deregister()?;
                 }
                 return Poll::Ready(Ok(this.took(read, buf.len())));

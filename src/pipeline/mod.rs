@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{BrokerError, DeadLetters},
+    broker::{BrokerError, DeadLetters, Pace},
     config::PipelineSettings,
     readiness::Readiness,
     store::Pool,
@@ -93,6 +93,9 @@ pub struct QueueContext {
     pub settings: PipelineSettings,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<QueueMetrics>,
+    /// The consuming connection's: whether this queue's reader takes its
+    /// deliveries in bulk tells lapin's thread how to wait for them.
+    pub pace: Pace,
     /// Cancelled when this connection's deliveries can no longer be acked (the
     /// channel failed, or shutdown ran out of time): batches stop retrying.
     pub abandon: CancellationToken,

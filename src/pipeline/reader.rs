@@ -18,7 +18,11 @@ use tokio::{
 use super::{
     Decided, PipelineError, QueueContext, acker::Deciding, breaker::Breaker, decide::decide,
 };
-use crate::{broker::BrokerError, config::PipelineSettings, readiness::QueueState};
+use crate::{
+    broker::{BrokerError, InBulk, Pace},
+    config::PipelineSettings,
+    readiness::QueueState,
+};
 
 /// Reads until shutdown (Ok) or until the channel fails (Err).
 ///
@@ -28,7 +32,8 @@ use crate::{broker::BrokerError, config::PipelineSettings, readiness::QueueState
 /// ("flush on idle": one message at low load costs one transaction, not a
 /// linger); only after a full batch (a backlog), or when a good part of a
 /// batch was already waiting (a stream), does it wait up to `batch_linger`
-/// for more to arrive.
+/// for more to arrive; while it gathers in bulk so, it tells the connection's
+/// socket (its [`Pace`]) that deliveries may come in chunks.
 pub(super) async fn read(
     context: &QueueContext,
     channel: &Channel,
@@ -39,6 +44,7 @@ pub(super) async fn read(
     // With one permit, a batch is written only after the previous one committed.
     let writes = Arc::new(Semaphore::new(context.kind.in_flight()));
     let mut backlog = false;
+    let mut pace = PaceMark::new(&context.pace);
     context
         .readiness
         .set_queue(&context.queue, QueueState::Consuming);
@@ -65,8 +71,9 @@ pub(super) async fn read(
             return Err(PipelineError::ConsumerCancelled(context.queue.clone()));
         };
         let first = first.map_err(channel_failed("receiving deliveries"))?;
-        let (batch, full) = fill_batch(first, &mut consumer, context, backlog).await?;
-        backlog = full;
+        let (batch, gathered) = fill_batch(first, &mut consumer, context, backlog).await?;
+        backlog = gathered == Gathered::Full;
+        pace.after(gathered);
         let task = if breaker.is_tripped() {
             // Read before the pause began: back it goes, untouched.
             tokio::spawn(async move { Ok(Decided::released(batch)) })
@@ -209,20 +216,57 @@ impl<'s> Gathering<'s> {
     }
 }
 
+/// This reader's part in its connection's [`Pace`]: in bulk from a batch that
+/// lingered or filled up until one that was written at once.
+struct PaceMark<'p> {
+    pace: &'p Pace,
+    in_bulk: Option<InBulk>,
+}
+
+impl<'p> PaceMark<'p> {
+    fn new(pace: &'p Pace) -> Self {
+        PaceMark {
+            pace,
+            in_bulk: None,
+        }
+    }
+
+    fn after(&mut self, gathered: Gathered) {
+        match gathered {
+            Gathered::AtOnce => self.in_bulk = None,
+            Gathered::Lingered | Gathered::Full => {
+                if self.in_bulk.is_none() {
+                    self.in_bulk = Some(self.pace.in_bulk());
+                }
+            }
+        }
+    }
+}
+
 /// Deliveries a batch makes room for at first: a typical full batch without
 /// regrowing, not `batch_size` slots when the byte bound closes batches early.
 const INITIAL_CAPACITY: usize = 256;
 
+/// How a batch was gathered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gathered {
+    /// What was there, a few messages: written at once.
+    AtOnce,
+    /// Many were there (or the last batch was full): waited for more.
+    Lingered,
+    /// Full, whether at once or after lingering.
+    Full,
+}
+
 /// Gathers the deliveries after `first` that are already here, until the batch
 /// is full; after a full batch (`backlog`), or when at least 1/STREAM_SHARE of
 /// a batch was here, also those arriving within `batch_linger` of the first.
-/// Returns the batch and whether it is full.
 async fn fill_batch(
     first: Delivery,
     consumer: &mut Consumer,
     context: &QueueContext,
     backlog: bool,
-) -> Result<(Vec<Delivery>, bool), PipelineError> {
+) -> Result<(Vec<Delivery>, Gathered), PipelineError> {
     let receiving = channel_failed("receiving deliveries");
     let mut batch = Gathering::new(first, &context.settings);
     while !batch.is_full() {
@@ -236,9 +280,11 @@ async fn fill_batch(
     // stream (a backlog, or a load the database can only follow in bulk) —
     // wait a little for the batch to fill, which costs far less than more
     // transactions.
-    if batch.is_full() || !backlog && !batch.is_stream() {
-        let full = batch.is_full();
-        return Ok((batch.deliveries, full));
+    if batch.is_full() {
+        return Ok((batch.deliveries, Gathered::Full));
+    }
+    if !backlog && !batch.is_stream() {
+        return Ok((batch.deliveries, Gathered::AtOnce));
     }
     let deadline = Instant::now() + context.settings.batch_linger;
     while !batch.is_full() {
@@ -248,6 +294,33 @@ async fn fill_batch(
             Ok(None) | Err(_) => break,
         }
     }
-    let full = batch.is_full();
-    Ok((batch.deliveries, full))
+    let gathered = if batch.is_full() {
+        Gathered::Full
+    } else {
+        Gathered::Lingered
+    };
+    Ok((batch.deliveries, gathered))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Gathered, Pace, PaceMark};
+
+    #[test]
+    fn a_reader_is_in_bulk_from_a_batch_that_lingered_or_filled_until_one_written_at_once() {
+        let pace = Pace::default();
+        let mut mark = PaceMark::new(&pace);
+        mark.after(Gathered::AtOnce);
+        assert!(!pace.bulk());
+        mark.after(Gathered::Full);
+        assert!(pace.bulk());
+        mark.after(Gathered::Lingered);
+        assert!(pace.bulk());
+        mark.after(Gathered::AtOnce);
+        assert!(!pace.bulk(), "a batch written at once ends the bulk");
+        mark.after(Gathered::Lingered);
+        assert!(pace.bulk());
+        drop(mark);
+        assert!(!pace.bulk(), "a reader that stops leaves no mark");
+    }
 }

@@ -66,7 +66,7 @@ impl Reactor for SocketReactor {
         &self,
         addr: SocketAddr,
     ) -> impl Future<Output = io::Result<Socket>> + Send + 'static {
-        let (handle, wait) = (self.handle.clone(), self.wait);
+        let (handle, wait) = (self.handle.clone(), self.wait.clone());
         async move {
             // Connected through tokio (lapin polls this under the runtime's
             // `block_on`), then taken off the reactor: it stays non-blocking.

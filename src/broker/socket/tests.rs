@@ -18,7 +18,7 @@ use async_rs::traits::Reactor;
 use futures_io::{AsyncRead, AsyncWrite};
 use rustix::io::ioctl_fionread;
 
-use super::{LOW_WATER, SHORT_WAIT, Socket, SocketReactor, Stream, Wait};
+use super::{LOW_WATER, Pace, SHORT_WAIT, Socket, SocketReactor, Stream, Wait};
 
 /// Longest a test waits for the reactor to wake the reader.
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -41,6 +41,8 @@ struct Reader {
     peer: PeerStream,
     wakes: Arc<Wakes>,
     woken: mpsc::Receiver<()>,
+    /// The readers' pace the socket waits at (a socket that waits on its own).
+    pace: Pace,
     /// Drives the reactor and owns the runtime the socket was connected on.
     runtime: tokio::runtime::Runtime,
 }
@@ -50,7 +52,7 @@ impl Reader {
     /// whose thread drives the reactor; the test's thread is not a runtime
     /// thread, as lapin's is not.
     fn connected() -> Reader {
-        Reader::waiting(Wait::Own)
+        Reader::waiting(Wait::Own(Pace::default()))
     }
 
     fn waiting(wait: Wait) -> Reader {
@@ -59,6 +61,10 @@ impl Reader {
             .enable_all()
             .build()
             .expect("a runtime");
+        let pace = match &wait {
+            Wait::Own(pace) => pace.clone(),
+            Wait::Reactor => Pace::default(),
+        };
         let listener = TcpListener::bind("127.0.0.1:0").expect("a listener");
         let addr = listener.local_addr().expect("its address");
         let socket = runtime
@@ -75,6 +81,7 @@ impl Reader {
             peer,
             wakes,
             woken,
+            pace,
             runtime,
         }
     }
@@ -240,6 +247,7 @@ fn on_a_runtime_thread_it_never_waits_itself() {
 #[test]
 fn a_reader_waiting_on_its_own_wakes_for_a_chunk_not_for_each_small_write() {
     let mut reader = Reader::after_a_first_read();
+    let _bulk = reader.pace.in_bulk();
 
     // Less than a chunk: the short wait runs out, then what came is read.
     reader.send(b"small");
@@ -279,4 +287,39 @@ fn a_socket_the_reactor_waits_for_behaves_as_tokios() {
     reader.woken_by_the_reactor("when input arrives");
     assert_eq!(reader.read(&mut buf), Poll::Ready(5));
     assert!(reader.on_the_reactor(), "it stays registered");
+}
+
+#[test]
+fn unless_deliveries_are_taken_in_bulk_any_input_ends_the_wait() {
+    let mut reader = Reader::after_a_first_read();
+    let mut buf = vec![0u8; 2 * LOW_WATER];
+    let mut small_read_in = |reader: &mut Reader| {
+        reader.send(b"small");
+        reader.wait_for_bytes(5);
+        let started = Instant::now();
+        assert_eq!(reader.read(&mut buf), Poll::Ready(5));
+        let took = started.elapsed();
+        assert_eq!(reader.read(&mut buf), Poll::Pending, "a yield");
+        took
+    };
+
+    let quickest = (0..5).map(|_| small_read_in(&mut reader)).min();
+    assert!(
+        quickest < Some(SHORT_WAIT),
+        "no reader in bulk, yet small input took {quickest:?} to end the wait"
+    );
+
+    // A reader in bulk: small input waits out the short wait for a chunk.
+    let bulk = reader.pace.in_bulk();
+    assert!(
+        small_read_in(&mut reader) >= SHORT_WAIT,
+        "woken before a chunk came"
+    );
+
+    drop(bulk);
+    let quickest = (0..5).map(|_| small_read_in(&mut reader)).min();
+    assert!(
+        quickest < Some(SHORT_WAIT),
+        "out of bulk again, yet small input took {quickest:?} to end the wait"
+    );
 }
