@@ -15,11 +15,12 @@
 //! once a chunk ([`LOW_WATER`] bytes) has arrived rather than once per
 //! segment; otherwise as soon as anything arrives. While it reads this way
 //! the socket is not registered with the reactor, so the runtime's threads
-//! are not woken for it. A reader idle for longer (low load, a paused consumer, heartbeats
-//! only) registers, with the low-water mark back at one byte, and is woken by
-//! the reactor as before. The short wait never happens on a runtime thread.
-//! [`Wait::Reactor`] is tokio's transport as it was, for the connections
-//! that mostly wait on their own writes (dead-letter copies, publishing).
+//! are not woken for it. A reader idle for longer (low load, a paused
+//! consumer, heartbeats only) registers, with the low-water mark at one byte,
+//! and is woken by the reactor as before. The short wait never happens on a
+//! runtime thread. [`Wait::Reactor`] is tokio's transport as it was, for the
+//! connections that mostly wait on their own writes (dead-letter copies,
+//! publishing).
 
 use std::{
     io::{self, IoSlice, Read, Write},
