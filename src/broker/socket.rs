@@ -147,10 +147,9 @@ impl Socket {
 
     fn registered(&mut self) -> io::Result<&TcpStream> {
         if let Stream::Direct(_) = self.stream {
-            // The reactor must hear of a lone message at once.
-            if let Wait::Own(_) = self.wait {
-                self.set_low_water(1)?;
-            }
+            // The reactor must hear of a lone message at once (a socket that
+            // never waits on its own is at one byte already: no call).
+            self.set_low_water(1)?;
             let Stream::Direct(direct) = std::mem::replace(&mut self.stream, Stream::Moving) else {
                 unreachable!("matched above");
             };
