@@ -12,6 +12,8 @@ use super::{
     shape::{Components, Text, check_date_time},
 };
 
+mod walk;
+
 /// A checkin that is fit to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkin<'a> {
@@ -90,7 +92,12 @@ struct WireCheckin<'a> {
 impl<'a> Checkin<'a> {
     pub fn parse(envelope: &Envelope<'a>, limits: &Limits) -> Result<Self, Rejection> {
         let document = envelope.text(limits.max_bytes)?;
-        let wire: WireCheckin<'_> = parse_object(document, "a checkin", limits.max_json_depth)?;
+        // Most documents are read in one pass; serde decides the rest (escapes,
+        // unusual shapes, every mistake) and names where a mistake is.
+        let wire = match walk::checkin(document, limits.max_json_depth) {
+            Some(wire) => wire,
+            None => parse_object(document, "a checkin", limits.max_json_depth)?,
+        };
         let id = wire
             .id
             .ok_or_else(|| Rejection::invalid("`id` is missing"))?;

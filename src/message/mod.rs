@@ -9,6 +9,7 @@ mod checkin;
 mod json;
 mod names;
 mod rejection;
+mod scan;
 mod shape;
 mod time;
 mod version;

@@ -1,0 +1,325 @@
+//! `models.Cluster` read in one pass by [`Cursor`]: the same fields and type
+//! checks as the serde shapes ([`super::WireCheckin`], [`crate::message::shape`]),
+//! for documents the cursor is sure of. `None` leaves the document to serde.
+
+use std::borrow::Cow;
+
+use super::WireCheckin;
+use crate::message::{
+    scan::Cursor,
+    shape::{Components, Text},
+};
+
+/// The checkin's fields as serde would read them, or `None` to let serde.
+pub(super) fn checkin(text: &str, max_depth: usize) -> Option<WireCheckin<'_>> {
+    let mut cursor = Cursor::new(text, max_depth);
+    let mut wire = WireCheckin {
+        id: None,
+        first_seen: None,
+        last_seen: None,
+        components: None,
+    };
+    let mut seen = Fields::default();
+    cursor.object(|cursor, key| match key {
+        "id" => text_field(cursor, &mut seen, 0, &mut wire.id),
+        "firstSeen" => text_field(cursor, &mut seen, 1, &mut wire.first_seen),
+        "lastSeen" => text_field(cursor, &mut seen, 2, &mut wire.last_seen),
+        "components" => {
+            seen.first(3)?;
+            if !cursor.null() {
+                wire.components = Some(components(cursor)?);
+            }
+            Some(())
+        }
+        _ => cursor.skip(),
+    })?;
+    cursor.end()?;
+    Some(wire)
+}
+
+/// Which known fields of one object were read: serde refuses a second one
+/// ("duplicate field"), even after a `null`.
+#[derive(Default)]
+struct Fields(u8);
+
+impl Fields {
+    fn first(&mut self, field: u8) -> Option<()> {
+        let bit = 1 << field;
+        let first = self.0 & bit == 0;
+        self.0 |= bit;
+        first.then_some(())
+    }
+}
+
+fn text_field<'a>(
+    cursor: &mut Cursor<'a>,
+    seen: &mut Fields,
+    field: u8,
+    slot: &mut Option<Text<'a>>,
+) -> Option<()> {
+    seen.first(field)?;
+    *slot = cursor.optional_string()?.map(|s| Text(Cow::Borrowed(s)));
+    Some(())
+}
+
+/// A string nobody reads, or `null`.
+fn any_text(cursor: &mut Cursor<'_>, seen: &mut Fields, field: u8) -> Option<()> {
+    seen.first(field)?;
+    cursor.optional_string().map(drop)
+}
+
+/// `components`: an array of `models.ComponentVersion` (or `null`s).
+fn components(cursor: &mut Cursor<'_>) -> Option<Components> {
+    let mut first_unnamed = None;
+    let mut index = 0;
+    cursor.array(|cursor| {
+        let named = if cursor.null() {
+            false
+        } else {
+            component_version(cursor)?
+        };
+        if !named && first_unnamed.is_none() {
+            first_unnamed = Some(index);
+        }
+        index += 1;
+        Some(())
+    })?;
+    Some(Components { first_unnamed })
+}
+
+/// `models.ComponentVersion`; whether its component has a non-empty name.
+fn component_version(cursor: &mut Cursor<'_>) -> Option<bool> {
+    let mut named = false;
+    let mut seen = Fields::default();
+    cursor.object(|cursor, key| match key {
+        "component" => {
+            seen.first(0)?;
+            if !cursor.null() {
+                named = component(cursor)?;
+            }
+            Some(())
+        }
+        "version" => {
+            seen.first(1)?;
+            if cursor.null() {
+                return Some(());
+            }
+            release(cursor)
+        }
+        "updateAvailable" => any_text(cursor, &mut seen, 2),
+        _ => cursor.skip(),
+    })?;
+    Some(named)
+}
+
+/// `models.Component`; whether its name is there and not empty.
+fn component(cursor: &mut Cursor<'_>) -> Option<bool> {
+    let mut named = false;
+    let mut seen = Fields::default();
+    cursor.object(|cursor, key| match key {
+        "name" => {
+            seen.first(0)?;
+            named = cursor
+                .optional_string()?
+                .is_some_and(|name| !name.is_empty());
+            Some(())
+        }
+        "description" => any_text(cursor, &mut seen, 1),
+        "type" => any_text(cursor, &mut seen, 2),
+        _ => cursor.skip(),
+    })?;
+    Some(named)
+}
+
+/// `models.Version` inside a checkin, with its `models.Data`.
+fn release(cursor: &mut Cursor<'_>) -> Option<()> {
+    let mut seen = Fields::default();
+    cursor.object(|cursor, key| match key {
+        "train" => any_text(cursor, &mut seen, 0),
+        "version" => any_text(cursor, &mut seen, 1),
+        "released" => any_text(cursor, &mut seen, 2),
+        "data" => {
+            seen.first(3)?;
+            if cursor.null() {
+                return Some(());
+            }
+            let mut data = Fields::default();
+            cursor.object(|cursor, key| match key {
+                "description" => any_text(cursor, &mut data, 0),
+                "fixes" => any_text(cursor, &mut data, 1),
+                _ => cursor.skip(),
+            })
+        }
+        _ => cursor.skip(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::json::parse_object;
+
+    /// What a reading of a checkin decides: the fields and the first unnamed component.
+    type Read = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<Option<usize>>,
+    );
+
+    fn project(wire: WireCheckin<'_>) -> Read {
+        let owned = |t: Option<Text<'_>>| t.map(Text::into_owned);
+        (
+            owned(wire.id),
+            owned(wire.first_seen),
+            owned(wire.last_seen),
+            wire.components.map(|c| c.first_unnamed),
+        )
+    }
+
+    fn walked(text: &str) -> Option<Read> {
+        checkin(text, 64).map(project)
+    }
+
+    fn by_serde(text: &str) -> Option<Read> {
+        parse_object::<WireCheckin<'_>>(text, "a checkin", 64)
+            .ok()
+            .map(project)
+    }
+
+    const ID: &str = "00000000-0000-4000-8000-000000000007";
+
+    fn seeds() -> Vec<String> {
+        let component = r#"{"component":{"name":"deis-router","description":"The router","type":"Deployment"},"version":{"train":"stable","version":"v2.4.0","released":"2016-08-02T17:00:00Z","data":{"description":"notes","fixes":"fix #1"}},"updateAvailable":"v2.4.1"}"#;
+        vec![
+            format!(
+                r#"{{"id":"{ID}","components":[{component},{component}],"firstSeen":"2016-08-01T10:00:00Z","lastSeen":"2016-08-02T10:00:00Z"}}"#
+            ),
+            format!(
+                "{{\n  \"id\": \"{ID}\",\n\t\"components\": [ {component} ],\r\n  \"extra\": {{\"n\": [1, -2.5e3, true, false, null, \"é\"]}}\n}}\n"
+            ),
+            format!(
+                r#"{{"id":"{ID}","firstSeen":null,"lastSeen":"","components":[null,{{}},{{"component":null,"version":null,"updateAvailable":null}},{{"component":{{"name":null,"description":null,"type":null}},"version":{{"train":null,"version":null,"released":null,"data":null}}}},{{"version":{{"data":{{"description":null,"fixes":null,"image":"i"}}}}}}]}}"#
+            ),
+            format!(r#"{{"components":[],"id":"{ID}","id2":{{"id":1}},"components2":"x"}}"#),
+        ]
+    }
+
+    #[test]
+    fn typical_checkins_are_read_in_one_pass_as_serde_reads_them() {
+        for seed in seeds() {
+            assert!(walked(&seed).is_some(), "{seed}");
+            assert_eq!(walked(&seed), by_serde(&seed), "{seed}");
+        }
+    }
+
+    #[test]
+    fn what_only_serde_can_decide_is_left_to_it() {
+        let left = [
+            format!(r#"{{"id":"{ID}","id":"{ID}","components":[]}}"#),
+            format!(r#"{{"id":"{ID}","components":[{{"component":{{"name":"a","name":null}}}}]}}"#),
+            format!(r#"{{"id":"\u0030{ID}","components":[]}}"#),
+            format!(r#"{{"id":"{ID}","components":[],"x":"a\"b"}}"#),
+            r#"{"id":5,"components":[]}"#.to_owned(),
+            format!(r#"{{"id":"{ID}","components":{{}}}}"#),
+            format!(r#"{{"id":"{ID}","components":[["a"]]}}"#),
+            format!(r#"{{"id":"{ID}","components":[{{"version":{{"data":"notes"}}}}]}}"#),
+            format!(r#"{{"id":"{ID}","components":[]}} trailing"#),
+            format!("\u{feff}{{\"id\":\"{ID}\",\"components\":[]}}"),
+            format!(
+                r#"{{"id":"{ID}","components":[],"x":{}}}"#,
+                "[".repeat(70) + &"]".repeat(70)
+            ),
+        ];
+        for text in left {
+            assert_eq!(walked(&text), None, "{text}");
+        }
+    }
+
+    /// Random edits of the seeds (tokens inserted, bytes dropped, spans
+    /// repeated): wherever the walk reads a document, serde reads it the
+    /// same. Many edits keep the document valid, many do not; both occur.
+    #[test]
+    fn whatever_the_walk_reads_serde_reads_the_same() {
+        const TOKENS: &[&str] = &[
+            "null",
+            "1",
+            "-0.5e3",
+            "01",
+            "1.",
+            "\"x\"",
+            "\"\"",
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            " ",
+            "\n",
+            "\t",
+            "\"name\"",
+            "\"component\"",
+            "\"id\"",
+            "\"components\"",
+            "\"data\"",
+            "\"version\"",
+            "\"firstSeen\":\"x\",",
+            "{\"name\":\"a\"}",
+            "true",
+            "\\",
+            "\\u0000",
+            "\u{1}",
+            "é",
+            "\u{a0}",
+            "nul",
+            "\"name\":\"\",",
+            "\\n",
+            "\\u00e9",
+            "\\/",
+        ];
+        let seeds = seeds();
+        let mut rng = fastrand::Rng::with_seed(13);
+        let (mut read, mut left, mut refused) = (0, 0, 0);
+        for _ in 0..20_000 {
+            let mut text = seeds[rng.usize(..seeds.len())].clone();
+            for _ in 0..rng.usize(1..=3) {
+                let at = boundary(&text, rng.usize(..=text.len()));
+                match rng.u8(..3) {
+                    0 => text.insert_str(at, TOKENS[rng.usize(..TOKENS.len())]),
+                    1 => {
+                        let end = boundary(&text, (at + rng.usize(1..6)).min(text.len()));
+                        text.replace_range(at..end, "");
+                    }
+                    _ => {
+                        let end = boundary(&text, (at + rng.usize(1..40)).min(text.len()));
+                        let span = text[at..end].to_owned();
+                        let to = boundary(&text, rng.usize(..=text.len()));
+                        text.insert_str(to, &span);
+                    }
+                }
+            }
+            let serde = by_serde(&text);
+            match walked(&text) {
+                Some(walk) => {
+                    assert_eq!(Some(walk), serde, "{text}");
+                    read += 1;
+                }
+                None if serde.is_some() => left += 1,
+                None => refused += 1,
+            }
+        }
+        // Not vacuous: the walk read many, and left some valid ones to serde.
+        assert!(
+            read > 2_000 && left > 100 && refused > 2_000,
+            "{read} {left} {refused}"
+        );
+    }
+
+    fn boundary(text: &str, mut at: usize) -> usize {
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    }
+}

@@ -1,0 +1,313 @@
+//! A one-pass reader for the common case of a JSON document: no escapes, the
+//! expected types, shallow nesting. It only ever *accepts*: anything it is not
+//! sure of (an escape, a control character, a wrong type, a duplicate field,
+//! bad syntax, deep nesting) makes it give up, and serde then decides the
+//! document as before — and names the path of a mistake. So what it accepts
+//! must be exactly what serde would accept, with the same values; the
+//! differential test in `checkin` holds it to that.
+//!
+//! It also keeps the guard's rules ([`super::json`]) by giving up: with no
+//! backslash there is no escape to check, and it never nests past the limit.
+//!
+//! Why by hand: decoding through serde's visitors was the largest part of the
+//! worker's own CPU per checkin (~4 µs of ~18 on a two-core machine), mostly
+//! matching keys and wrapping `Option`s through generic calls; this walk is a
+//! loop over bytes and reads a checkin in half the time (BENCHMARKS.md,
+//! "A one-pass reader for checkins").
+
+/// A position in a document; every method returns `None` to give up.
+pub struct Cursor<'a> {
+    text: &'a str,
+    at: usize,
+    depth: usize,
+    max_depth: usize,
+}
+
+/// Deeper than this the walk gives up, whatever the limit: only unknown fields
+/// nest that far, and serde's own limits are then the ones that count.
+const MAX_WALK_DEPTH: usize = 64;
+
+impl<'a> Cursor<'a> {
+    pub fn new(text: &'a str, max_depth: usize) -> Self {
+        Cursor {
+            text,
+            at: 0,
+            depth: 0,
+            max_depth: max_depth.min(MAX_WALK_DEPTH),
+        }
+    }
+
+    /// After the document's one value: nothing but whitespace may follow.
+    pub fn end(mut self) -> Option<()> {
+        self.whitespace();
+        (self.at == self.text.len()).then_some(())
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    /// The next byte after whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        self.whitespace();
+        self.bytes().get(self.at).copied()
+    }
+
+    /// JSON's whitespace only (serde's too): not Unicode's.
+    fn whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes().get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// `null` (an absent `Option` to serde), consumed if it is next.
+    pub fn null(&mut self) -> bool {
+        let found = self.peek() == Some(b'n') && self.bytes()[self.at..].starts_with(b"null");
+        if found {
+            self.at += 4;
+        }
+        found
+    }
+
+    /// A string without escapes or control characters, borrowed.
+    pub fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let end = start + plain_run(&self.bytes()[start..]);
+        if self.bytes().get(end) != Some(&b'"') {
+            return None;
+        }
+        self.at = end + 1;
+        // Both ends are ASCII quotes: char boundaries of valid UTF-8.
+        self.text.get(start..end)
+    }
+
+    /// `null` or a string: serde's `Option<String>`.
+    pub fn optional_string(&mut self) -> Option<Option<&'a str>> {
+        if self.null() {
+            return Some(None);
+        }
+        self.string().map(Some)
+    }
+
+    /// An object, handing each key to `field`, which must read its value.
+    pub fn object(
+        &mut self,
+        mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'{')?;
+        self.descend()?;
+        if self.peek()? != b'}' {
+            loop {
+                let key = self.string()?;
+                self.eat(b':')?;
+                field(self, key)?;
+                if self.peek()? != b',' {
+                    break;
+                }
+                self.at += 1;
+            }
+        }
+        self.eat(b'}')?;
+        self.depth -= 1;
+        Some(())
+    }
+
+    /// An array, calling `element` for each element, which must read it.
+    pub fn array(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(b'[')?;
+        self.descend()?;
+        if self.peek()? != b']' {
+            loop {
+                element(self)?;
+                if self.peek()? != b',' {
+                    break;
+                }
+                self.at += 1;
+            }
+        }
+        self.eat(b']')?;
+        self.depth -= 1;
+        Some(())
+    }
+
+    fn descend(&mut self) -> Option<()> {
+        self.depth += 1;
+        (self.depth <= self.max_depth).then_some(())
+    }
+
+    /// Any value, unread (serde's `IgnoredAny`, for fields nobody decodes).
+    pub fn skip(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' => self.object(|cursor, _| cursor.skip()),
+            b'[' => self.array(Self::skip),
+            b'-' | b'0'..=b'9' => self.number(),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => None,
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        self.bytes()[self.at..]
+            .starts_with(word)
+            .then(|| self.at += word.len())
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, as serde checks it.
+    fn number(&mut self) -> Option<()> {
+        if self.bytes().get(self.at) == Some(&b'-') {
+            self.at += 1;
+        }
+        match self.bytes().get(self.at)? {
+            b'0' => self.at += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.bytes().get(self.at) == Some(&b'.') {
+            self.at += 1;
+            self.some_digits()?;
+        }
+        if let Some(b'e' | b'E') = self.bytes().get(self.at) {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.bytes().get(self.at) {
+                self.at += 1;
+            }
+            self.some_digits()?;
+        }
+        // What may follow (not a digit after a leading zero, say) is the
+        // container's to check, as for any value.
+        Some(())
+    }
+
+    fn digits(&mut self) {
+        while self.bytes().get(self.at).is_some_and(u8::is_ascii_digit) {
+            self.at += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> Option<()> {
+        let start = self.at;
+        self.digits();
+        (self.at > start).then_some(())
+    }
+}
+
+/// How many bytes from the start are neither `"`, `\` nor a control character
+/// (below 0x20): a string's plain run. Eight bytes per step, as in the guard.
+fn plain_run(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let quote = word ^ (ONES * u64::from(b'"'));
+        let backslash = word ^ (ONES * u64::from(b'\\'));
+        // The high bit of each lane that is zero (the byte matched) or below
+        // 0x20; exact for the lowest flagged lane, the only one read.
+        let found = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (word.wrapping_sub(ONES * 0x20) & !word);
+        let found = found & HIGHS;
+        if found != 0 {
+            return i + found.trailing_zeros() as usize / 8;
+        }
+        i += 8;
+    }
+    i + bytes[i..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .unwrap_or(bytes.len() - i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skips(text: &str) -> bool {
+        let mut cursor = Cursor::new(text, 64);
+        cursor.skip().and_then(|()| cursor.end()).is_some()
+    }
+
+    #[test]
+    fn values_are_skipped_as_serde_reads_them() {
+        for text in [
+            "0",
+            "-0",
+            "1.5",
+            "-12e+3",
+            "1E-0",
+            "2.50e7",
+            "true",
+            "false",
+            "null",
+            r#""""#,
+            "[]",
+            "{}",
+            r#" [1, {"a": [null, "é"]}, false] "#,
+            "\"\x7f\"",
+        ] {
+            assert!(skips(text), "{text}");
+            assert!(serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok());
+        }
+    }
+
+    #[test]
+    fn anything_unsure_or_wrong_gives_up() {
+        for text in [
+            "01",
+            "-",
+            "1.",
+            ".5",
+            "1e",
+            "+1",
+            "tru",
+            "nul",
+            "[1,]",
+            "{,}",
+            r#"{"a"}"#,
+            r#"{"a":1,}"#,
+            r#""a\"b""#,
+            "\"tab\there\"",
+            "\"open",
+            "[1 2]",
+            "1 2",
+            "\u{a0}1",
+            r#"{1:2}"#,
+        ] {
+            assert!(!skips(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn nesting_past_the_limit_gives_up() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let at = |text: &str, max: usize| {
+            let mut cursor = Cursor::new(text, max);
+            cursor.skip().is_some()
+        };
+        assert!(at(&nested(3), 3));
+        assert!(!at(&nested(4), 3));
+        assert!(!at(&nested(MAX_WALK_DEPTH + 1), 1_000));
+    }
+
+    #[test]
+    fn a_plain_run_stops_at_the_first_quote_backslash_or_control_byte() {
+        for (text, run) in [
+            ("abcdefghijkl\"", 12),
+            ("abc\\d", 3),
+            ("abcdefghi\u{1}", 9),
+            ("é\"", 2),
+            ("plain", 5),
+            ("a~\u{7f}bcdefgh!\"", 11),
+        ] {
+            assert_eq!(plain_run(text.as_bytes()), run, "{text:?}");
+        }
+    }
+}
