@@ -5,6 +5,10 @@
 //! string belongs, an array where an object does — fails the whole document,
 //! and with it every API call that reads it. So each field a reader decodes is
 //! checked here, with its type; everything else passes through untouched.
+//!
+//! `checkin/walk.rs` reads the checkin shapes in one pass for the common case
+//! and leaves the rest to these: a field or type changed here must change
+//! there too (its differential test compares the two on the seeds it edits).
 
 use std::{borrow::Cow, fmt, marker::PhantomData, ops::Deref};
 
