@@ -285,6 +285,31 @@ mod tests {
         }
     }
 
+    /// Random strings of JSON's pieces (no escapes, so nothing for the walk
+    /// to leave to serde): numbers, literals and nesting, read alike.
+    #[test]
+    fn without_escapes_skip_reads_exactly_what_serde_reads() {
+        const PIECES: &[&str] = &[
+            "{", "}", "[", "]", ",", ":", "\"k\"", "\"\"", "0", "1", "9", "-", "+", ".", "e", "E",
+            "-1.5e+3", "true", "false", "null", "nul", " ", "\n", "x",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (mut read, mut refused) = (0, 0);
+        for _ in 0..50_000 {
+            let text: String = (0..rng.usize(1..10))
+                .map(|_| PIECES[rng.usize(..PIECES.len())])
+                .collect();
+            let by_serde = serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok();
+            assert_eq!(skips(&text), by_serde, "{text}");
+            if by_serde {
+                read += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(read > 1_000 && refused > 1_000, "{read} {refused}");
+    }
+
     #[test]
     fn nesting_past_the_limit_gives_up() {
         let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
