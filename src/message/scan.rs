@@ -99,38 +99,37 @@ impl<'a> Cursor<'a> {
         &mut self,
         mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
     ) -> Option<()> {
-        self.eat(b'{')?;
-        self.descend()?;
-        if self.peek()? != b'}' {
-            loop {
-                let key = self.string()?;
-                self.eat(b':')?;
-                field(self, key)?;
-                if self.peek()? != b',' {
-                    break;
-                }
-                self.at += 1;
-            }
-        }
-        self.eat(b'}')?;
-        self.depth -= 1;
-        Some(())
+        self.container(b'{', b'}', |cursor| {
+            let key = cursor.string()?;
+            cursor.eat(b':')?;
+            field(cursor, key)
+        })
     }
 
     /// An array, calling `element` for each element, which must read it.
-    pub fn array(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.eat(b'[')?;
+    pub fn array(&mut self, element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.container(b'[', b']', element)
+    }
+
+    /// `open`, the items `item` reads separated by commas, then `close`.
+    fn container(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(open)?;
         self.descend()?;
-        if self.peek()? != b']' {
+        if self.peek()? != close {
             loop {
-                element(self)?;
+                item(self)?;
                 if self.peek()? != b',' {
                     break;
                 }
                 self.at += 1;
             }
         }
-        self.eat(b']')?;
+        self.eat(close)?;
         self.depth -= 1;
         Some(())
     }
