@@ -121,12 +121,18 @@ fn quote_or_backslash(bytes: &[u8], from: usize) -> Option<usize> {
 /// The high bit of each byte of `word` equal to `byte` (little-endian lanes).
 /// Exact for the lowest such byte, which is all [`quote_or_backslash`] reads:
 /// a lane above a match may be flagged by the borrow, never one below it.
-fn bytes_equal(word: u64, byte: u8) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let x = word ^ (ONES * u64::from(byte));
-    x.wrapping_sub(ONES) & !x & HIGHS
+pub(super) fn bytes_equal(word: u64, byte: u8) -> u64 {
+    bytes_below(word ^ (ONES * u64::from(byte)), 1)
 }
+
+/// The high bit of each byte of `word` below `bound` (at most 0x80), exact
+/// for the lowest such byte in the same way as [`bytes_equal`].
+pub(super) fn bytes_below(word: u64, bound: u8) -> u64 {
+    word.wrapping_sub(ONES * u64::from(bound)) & !word & HIGHS
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// Checks the `\uXXXX` escape at `i` (and the low half of a surrogate pair);
 /// returns the index after it.

@@ -15,6 +15,8 @@
 //! loop over bytes and reads a checkin in half the time (BENCHMARKS.md,
 //! "A one-pass reader for checkins").
 
+use super::json::{bytes_below, bytes_equal};
+
 /// A position in a document; every method returns `None` to give up.
 pub struct Cursor<'a> {
     text: &'a str,
@@ -201,19 +203,12 @@ impl<'a> Cursor<'a> {
 /// How many bytes from the start are neither `"`, `\` nor a control character
 /// (below 0x20): a string's plain run. Eight bytes per step, as in the guard.
 fn plain_run(bytes: &[u8]) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
     let mut i = 0;
     while let Some(chunk) = bytes.get(i..i + 8) {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let quote = word ^ (ONES * u64::from(b'"'));
-        let backslash = word ^ (ONES * u64::from(b'\\'));
-        // The high bit of each lane that is zero (the byte matched) or below
-        // 0x20; exact for the lowest flagged lane, the only one read.
-        let found = (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash)
-            | (word.wrapping_sub(ONES * 0x20) & !word);
-        let found = found & HIGHS;
+        // Each mask is exact for its lowest flagged lane, so their union is
+        // exact for the lowest of all, the only one read.
+        let found = bytes_equal(word, b'"') | bytes_equal(word, b'\\') | bytes_below(word, 0x20);
         if found != 0 {
             return i + found.trailing_zeros() as usize / 8;
         }
