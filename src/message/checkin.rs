@@ -77,7 +77,7 @@ impl<'a> MessageKey<'a> {
 }
 
 /// `models.Cluster`, as far as its readers decode it (see [`super::shape`]).
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct WireCheckin<'a> {
     #[serde(borrow, default)]
     id: Option<Text<'a>>,

@@ -13,22 +13,14 @@ use crate::message::{
 /// The checkin's fields as serde would read them, or `None` to let serde.
 pub(super) fn checkin(text: &str, max_depth: usize) -> Option<WireCheckin<'_>> {
     let mut cursor = Cursor::new(text, max_depth);
-    let mut wire = WireCheckin {
-        id: None,
-        first_seen: None,
-        last_seen: None,
-        components: None,
-    };
+    let mut wire = WireCheckin::default();
     let mut seen = Fields::default();
     cursor.object(|cursor, key| match key {
         "id" => text_field(cursor, &mut seen, 0, &mut wire.id),
         "firstSeen" => text_field(cursor, &mut seen, 1, &mut wire.first_seen),
         "lastSeen" => text_field(cursor, &mut seen, 2, &mut wire.last_seen),
         "components" => {
-            seen.first(3)?;
-            if !cursor.null() {
-                wire.components = Some(components(cursor)?);
-            }
+            wire.components = optional(cursor, &mut seen, 3, components)?;
             Some(())
         }
         _ => cursor.skip(),
@@ -49,6 +41,20 @@ impl Fields {
         self.0 |= bit;
         first.then_some(())
     }
+}
+
+/// A known field: `null`, or the value `read` reads (serde's `Option<T>`).
+fn optional<'a, T>(
+    cursor: &mut Cursor<'a>,
+    seen: &mut Fields,
+    field: u8,
+    read: impl FnOnce(&mut Cursor<'a>) -> Option<T>,
+) -> Option<Option<T>> {
+    seen.first(field)?;
+    if cursor.null() {
+        return Some(None);
+    }
+    read(cursor).map(Some)
 }
 
 fn text_field<'a>(
@@ -93,19 +99,10 @@ fn component_version(cursor: &mut Cursor<'_>) -> Option<bool> {
     let mut seen = Fields::default();
     cursor.object(|cursor, key| match key {
         "component" => {
-            seen.first(0)?;
-            if !cursor.null() {
-                named = component(cursor)?;
-            }
+            named = optional(cursor, &mut seen, 0, component)?.unwrap_or(false);
             Some(())
         }
-        "version" => {
-            seen.first(1)?;
-            if cursor.null() {
-                return Some(());
-            }
-            release(cursor)
-        }
+        "version" => optional(cursor, &mut seen, 1, release).map(drop),
         "updateAvailable" => any_text(cursor, &mut seen, 2),
         _ => cursor.skip(),
     })?;
@@ -131,25 +128,24 @@ fn component(cursor: &mut Cursor<'_>) -> Option<bool> {
     Some(named)
 }
 
-/// `models.Version` inside a checkin, with its `models.Data`.
+/// `models.Version` inside a checkin.
 fn release(cursor: &mut Cursor<'_>) -> Option<()> {
     let mut seen = Fields::default();
     cursor.object(|cursor, key| match key {
         "train" => any_text(cursor, &mut seen, 0),
         "version" => any_text(cursor, &mut seen, 1),
         "released" => any_text(cursor, &mut seen, 2),
-        "data" => {
-            seen.first(3)?;
-            if cursor.null() {
-                return Some(());
-            }
-            let mut data = Fields::default();
-            cursor.object(|cursor, key| match key {
-                "description" => any_text(cursor, &mut data, 0),
-                "fixes" => any_text(cursor, &mut data, 1),
-                _ => cursor.skip(),
-            })
-        }
+        "data" => optional(cursor, &mut seen, 3, data).map(drop),
+        _ => cursor.skip(),
+    })
+}
+
+/// `models.Data`.
+fn data(cursor: &mut Cursor<'_>) -> Option<()> {
+    let mut seen = Fields::default();
+    cursor.object(|cursor, key| match key {
+        "description" => any_text(cursor, &mut seen, 0),
+        "fixes" => any_text(cursor, &mut seen, 1),
         _ => cursor.skip(),
     })
 }
