@@ -211,6 +211,14 @@ async fn connect_to(
     }
 }
 
+/// The tag of every consumer the worker opens. A tag need only be unique on
+/// its channel, and each consumer has a channel of its own (replicas are told
+/// apart by the connection's name). Every delivery carries the tag, and lapin
+/// collects it byte by byte, checks it as UTF-8, copies it twice and hashes it
+/// to find the consumer: the broker's own (`amq.ctag-` and 22 more) costs
+/// that ten times over for each message.
+pub const CONSUMER_TAG: &str = "wfm";
+
 /// A channel with `prefetch` unacknowledged deliveries at most, consuming `queue`
 /// with manual acks. The prefetch is also the memory bound: lapin buffers
 /// whatever the broker sends.
@@ -231,7 +239,7 @@ pub async fn open_consumer(
     let consumer = channel
         .basic_consume(
             queue.into(),
-            "".into(),
+            CONSUMER_TAG.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
