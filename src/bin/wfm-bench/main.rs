@@ -14,11 +14,13 @@
 //!
 //! `--history` measures checkin history at scale (8-12), `--cluster` the
 //! worker on private RabbitMQ clusters (13-14), `--tracing` the cost of
-//! OpenTelemetry (15).
+//! OpenTelemetry (15), `--instructions` the worker's instructions per checkin
+//! under callgrind (16).
 
 mod cluster;
 mod env;
 mod history;
+mod instructions;
 mod latency;
 mod nodes;
 mod pairs;
@@ -99,6 +101,10 @@ struct Args {
     /// Measure the cost of OpenTelemetry tracing instead (phase 15).
     #[arg(long)]
     tracing: bool,
+    /// Count the worker's instructions per checkin under callgrind instead
+    /// (phase 16: drains of a third of `--messages`, and of all).
+    #[arg(long)]
+    instructions: bool,
     /// Pairs of runs for the side-by-side measurements: (8), (12), (15).
     #[arg(long, default_value_t = 5)]
     pairs: usize,
@@ -193,6 +199,9 @@ async fn main() -> anyhow::Result<()> {
         );
         println!("\nmachine: {}", machine_facts().await);
         return Ok(());
+    }
+    if args.instructions {
+        return instructions::report(&limits, &exe, args.messages).await;
     }
     if args.cluster {
         let (script, count) = (&args.cluster_script, args.messages);
