@@ -6,7 +6,9 @@
 //! instruction count of the same binary on the same input is repeatable, so a
 //! change of a few per cent can be shown with one run of each binary. What it
 //! cannot show is what costs time without instructions: cache misses, branch
-//! mispredictions, wake-ups; CPU time (3) remains the measure of record.
+//! mispredictions, wake-ups; CPU time (3) remains the measure of record. And
+//! a large copy counts one instruction per byte (glibc's `rep movsb`), so
+//! copies weigh far more here than in time.
 //!
 //! Two drains, of a third of the messages and of all of them; the difference
 //! divided by the difference in messages leaves out start-up and shutdown.
