@@ -103,9 +103,9 @@ impl<'a> Cursor<'a> {
 
     /// [`Self::object`] for an object whose keys are mostly `known`: each key
     /// is first compared in place with those, and scanned only if it is none
-    /// of them. A checkin is ~175 strings, most of them keys, and scanning
+    /// of them. A checkin is ~175 strings, 100 of them keys, and scanning
     /// one costs ~100 instructions however short it is, comparing it in
-    /// place with an object's few keys about half of that (BENCHMARKS.md,
+    /// place with an object's few keys two thirds of that (BENCHMARKS.md,
     /// "Keys compared in place"). Which keys are listed changes only the
     /// speed: an unlisted key is scanned and handed to `field` all the same.
     pub fn object_of(
