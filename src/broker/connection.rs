@@ -215,9 +215,10 @@ async fn connect_to(
 /// its channel, and each consumer has a channel of its own (replicas are told
 /// apart by the connection's name). Every delivery carries the tag, and lapin
 /// collects it byte by byte, checks it as UTF-8, copies it twice and hashes it
-/// to find the consumer: the broker's own (`amq.ctag-` and 22 more) costs
-/// that ten times over for each message.
-pub const CONSUMER_TAG: &str = "wfm";
+/// for each frame to find the consumer: with the broker's own tag (`amq.ctag-`
+/// and 22 more characters) that was 530 instructions more per delivery
+/// (BENCHMARKS.md, "a consumer tag of our own").
+const CONSUMER_TAG: &str = "wfm";
 
 /// A channel with `prefetch` unacknowledged deliveries at most, consuming `queue`
 /// with manual acks. The prefetch is also the memory bound: lapin buffers
