@@ -102,7 +102,8 @@ struct Args {
     #[arg(long)]
     tracing: bool,
     /// Count the worker's instructions per checkin under callgrind instead
-    /// (phase 16: drains of a third of `--messages`, and of all).
+    /// (phase 16: drains of a third of `--messages`, and of all; valgrind
+    /// runs the worker ~50 times slower, and `--messages 15000` is enough).
     #[arg(long)]
     instructions: bool,
     /// Pairs of runs for the side-by-side measurements: (8), (12), (15).
