@@ -126,12 +126,14 @@ impl<'a> Cursor<'a> {
     /// `"key"` next, consumed if so: exactly the JSON string `key`, since a
     /// known key holds no quote, backslash or control character (its quotes
     /// are then the string's ends; the walk's tests check every known key).
+    #[inline(always)]
     fn quoted(&mut self, key: &str) -> bool {
         debug_assert_eq!(plain_run(key.as_bytes()), key.len(), "{key:?}");
         let rest = &self.bytes()[self.at..];
         let end = key.len() + 1;
-        let found =
-            rest.get(end) == Some(&b'"') && rest[0] == b'"' && &rest[1..end] == key.as_bytes();
+        let found = rest.get(end) == Some(&b'"')
+            && rest[0] == b'"'
+            && same_short(&rest[1..end], key.as_bytes());
         if found {
             self.at += end + 1;
         }
@@ -230,6 +232,30 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// `a == b` for slices of one length, in at most two overlapping words each.
+/// Slice equality calls `memcmp`, which for keys of 2–15 bytes cost more than
+/// the comparison (~115 calls per checkin, 7 % of the runtime threads'
+/// samples); `inline(always)` here and on `quoted` because neither is inlined
+/// otherwise, and the call is the cost (BENCHMARKS.md, "Keys without memcmp").
+#[inline(always)]
+fn same_short(a: &[u8], b: &[u8]) -> bool {
+    debug_assert_eq!(a.len(), b.len());
+    let n = a.len();
+    match n {
+        4..8 => u32_at(a, 0) == u32_at(b, 0) && u32_at(a, n - 4) == u32_at(b, n - 4),
+        8..=16 => u64_at(a, 0) == u64_at(b, 0) && u64_at(a, n - 8) == u64_at(b, n - 8),
+        _ => a == b,
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
+}
+
 /// How many bytes from the start are neither `"`, `\` nor a control character
 /// (below 0x20): a string's plain run. Eight bytes per step, as in the guard.
 fn plain_run(bytes: &[u8]) -> usize {
@@ -253,6 +279,20 @@ fn plain_run(bytes: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_slices_are_compared_byte_for_byte() {
+        let base: Vec<u8> = (0..24u8).map(|b| b'a' + b).collect();
+        for n in 0..=base.len() {
+            let a = &base[..n];
+            assert!(same_short(a, &a.to_vec()), "{n}");
+            for at in 0..n {
+                let mut b = a.to_vec();
+                b[at] ^= 0x20;
+                assert!(!same_short(a, &b), "length {n}, differing at {at}");
+            }
+        }
+    }
 
     fn skips(text: &str) -> bool {
         let mut cursor = Cursor::new(text, 64);
