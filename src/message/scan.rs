@@ -282,13 +282,14 @@ mod tests {
 
     #[test]
     fn short_slices_are_compared_byte_for_byte() {
-        let base: Vec<u8> = (0..24u8).map(|b| b'a' + b).collect();
-        for n in 0..=base.len() {
-            let a = &base[..n];
-            assert!(same_short(a, &a.to_vec()), "{n}");
+        let letters = |n: u8| (0..n).map(|b| b'a' + b).collect::<Vec<u8>>();
+        for n in 0..=24 {
+            let a = &letters(n)[..];
+            // Equal contents at different addresses.
+            assert!(same_short(a, &letters(n)), "{n}");
             for at in 0..n {
                 let mut b = a.to_vec();
-                b[at] ^= 0x20;
+                b[usize::from(at)] ^= 0x20;
                 assert!(!same_short(a, &b), "length {n}, differing at {at}");
             }
         }
