@@ -101,7 +101,7 @@ fn quote_or_backslash(bytes: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     let words_end = bytes.len().min(from.saturating_add(WORD_SCAN));
     while i + 8 <= words_end {
-        let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("eight bytes"));
+        let word = word_at(bytes, i);
         let found = bytes_equal(word, b'"') | bytes_equal(word, b'\\');
         if found != 0 {
             return Some(i + found.trailing_zeros() as usize / 8);
@@ -116,6 +116,12 @@ fn quote_or_backslash(bytes: &[u8], from: usize) -> Option<usize> {
             .map(|at| i + at);
     }
     memchr::memchr2(b'"', b'\\', &bytes[i..]).map(|at| i + at)
+}
+
+/// The eight bytes of `bytes` at `at` as one word, in the little-endian lanes
+/// [`bytes_equal`] and [`bytes_below`] read.
+pub(super) fn word_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
 }
 
 /// The high bit of each byte of `word` equal to `byte` (little-endian lanes).

@@ -15,7 +15,7 @@
 //! loop over bytes and reads a checkin in half the time (BENCHMARKS.md,
 //! "A one-pass reader for checkins").
 
-use super::json::{bytes_below, bytes_equal};
+use super::json::{bytes_below, bytes_equal, word_at};
 
 /// A position in a document; every method returns `None` to give up.
 pub struct Cursor<'a> {
@@ -233,27 +233,24 @@ impl<'a> Cursor<'a> {
 }
 
 /// `a == b` for slices of one length, in at most two overlapping words each.
-/// Slice equality calls `memcmp`, which for keys of 2–15 bytes cost more than
-/// the comparison (~115 calls per checkin, 7 % of the runtime threads'
-/// samples); `inline(always)` here and on `quoted` because neither is inlined
-/// otherwise, and the call is the cost (BENCHMARKS.md, "Keys without memcmp").
+/// Slice equality calls `memcmp`, which for keys of 4–16 bytes (all but `id`
+/// of a checkin's) cost more than the comparison (~115 calls per checkin, 7 %
+/// of the runtime threads' samples); shorter and longer ones still take it.
+/// `inline(always)` here and on `quoted` because neither is inlined otherwise,
+/// and the call is the cost (BENCHMARKS.md, "Keys without memcmp").
 #[inline(always)]
 fn same_short(a: &[u8], b: &[u8]) -> bool {
     debug_assert_eq!(a.len(), b.len());
     let n = a.len();
     match n {
         4..8 => u32_at(a, 0) == u32_at(b, 0) && u32_at(a, n - 4) == u32_at(b, n - 4),
-        8..=16 => u64_at(a, 0) == u64_at(b, 0) && u64_at(a, n - 8) == u64_at(b, n - 8),
+        8..=16 => word_at(a, 0) == word_at(b, 0) && word_at(a, n - 8) == word_at(b, n - 8),
         _ => a == b,
     }
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
 }
 
 /// How many bytes from the start are neither `"`, `\` nor a control character
