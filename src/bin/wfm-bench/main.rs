@@ -134,6 +134,10 @@ struct Run {
     /// (7)'s limits: the broker alone and the version upsert alone.
     versions_broker: f64,
     versions_database: f64,
+    /// The worker's CPU per stored version in (7): how much of the two
+    /// cores it takes from the broker and the database beside it.
+    versions_cpu: procfs::CpuByThread,
+    versions_cpu_us: f64,
 }
 
 /// One of a run's latency measurements.
@@ -262,11 +266,19 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         let drain =
             phases::worker_drain(limits, exe, versions, args.versions, args.batch_size).await?;
         run.versions = drain.rate;
+        run.versions_cpu_us = drain.cpu_us_per_msg;
+        run.versions_cpu = drain.cpu_split_us.unwrap_or_default();
         run.versions_broker = phases::broker_limit(limits, versions, args.versions).await?;
         run.versions_database = phases::versions_database_limit(limits, args.versions).await?;
         eprintln!(
-            "  worker versions   {:>9.0} msgs/s, {:.0} msgs/batch (broker alone {:.0}, database alone {:.0})",
-            run.versions, drain.mean_batch, run.versions_broker, run.versions_database
+            "  worker versions   {:>9.0} msgs/s, {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}), {:.0} msgs/batch (broker alone {:.0}, database alone {:.0})",
+            run.versions,
+            run.versions_cpu_us,
+            run.versions_cpu.runtime,
+            run.versions_cpu.amqp_io,
+            drain.mean_batch,
+            run.versions_broker,
+            run.versions_database
         );
     }
     if on(5) {
@@ -407,6 +419,12 @@ async fn print_report(args: &Args, runs: &[Run]) {
         "| (7) worker, backlog of {} versions | {versions:.0} msgs/s | ≥ 40,000: {} |",
         args.versions,
         verdict(versions, versions >= 40_000.0)
+    );
+    println!(
+        "| (7) worker CPU (user + system, all threads) per stored version; runtime threads / AMQP I/O threads | {:.1} µs; {:.1} / {:.1} µs | |",
+        m(&|r| r.versions_cpu_us),
+        m(&|r| r.versions_cpu.runtime),
+        m(&|r| r.versions_cpu.amqp_io)
     );
     println!(
         "| (7) its limits: the broker alone (as (1)) / the version upsert alone (as (2)) / serial L | {:.0} / {:.0} / {:.0} msgs/s | |",
