@@ -121,6 +121,41 @@ impl<'a> Checkin<'a> {
     }
 }
 
+/// What a reading of a checkin decides: `id`, `firstSeen`, `lastSeen` and
+/// the index of the first unnamed component. The walk's tests and the fuzz
+/// target compare the two readers on it.
+#[cfg(any(test, fuzzing))]
+pub type Read = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Option<usize>>,
+);
+
+#[cfg(any(test, fuzzing))]
+fn project(wire: WireCheckin<'_>) -> Read {
+    let owned = |t: Option<Text<'_>>| t.map(Text::into_owned);
+    (
+        owned(wire.id),
+        owned(wire.first_seen),
+        owned(wire.last_seen),
+        wire.components.map(|c| c.first_unnamed),
+    )
+}
+
+/// A checkin read by the one-pass walk (`None`: left to serde) and by serde
+/// behind the guard, as the worker's serde path reads it.
+#[cfg(any(test, fuzzing))]
+pub(super) fn read_both_ways(
+    text: &str,
+    max_depth: usize,
+) -> (Option<Read>, Result<Read, Rejection>) {
+    (
+        walk::checkin(text, max_depth).map(project),
+        parse_object::<WireCheckin<'_>>(text, "a checkin", max_depth).map(project),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::DateTime;

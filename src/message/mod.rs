@@ -6,6 +6,8 @@
 //! the database: the pipeline hands it an [`Envelope`] of plain values.
 
 mod checkin;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod json;
 mod names;
 mod rejection;
