@@ -1,6 +1,7 @@
 //! A checkin body, read by the worker as it arrives from a publisher:
 //! - nothing panics, whatever the bytes (the whole parse, as the pipeline
-//!   calls it);
+//!   calls it), and a rejection's reason stays within its bound (it travels
+//!   in a dead-letter header);
 //! - the one-pass walk, written by hand for speed, reads only what serde
 //!   reads, and reads it the same;
 //! - the document guard, which passes most documents on a count of their
@@ -13,7 +14,7 @@ use serde::{
     Deserialize, Deserializer,
     de::{MapAccess, SeqAccess, Visitor},
 };
-use wfm_worker::message::{Checkin, Envelope, Limits, fuzzing};
+use wfm_worker::message::{Checkin, Envelope, Limits, MAX_REASON_BYTES, fuzzing};
 
 /// Small enough that the fuzzer reaches it, and below serde_json's own
 /// recursion limit (128), so that the reference parse sees past it.
@@ -31,7 +32,9 @@ fuzz_target!(|body: &[u8]| {
         max_json_depth: MAX_DEPTH,
         ..Limits::default()
     };
-    let _ = Checkin::parse(&envelope, &limits);
+    if let Err(rejection) = Checkin::parse(&envelope, &limits) {
+        assert!(rejection.reason.len() <= MAX_REASON_BYTES, "{rejection}");
+    }
 
     let Ok(text) = std::str::from_utf8(body) else {
         return;
