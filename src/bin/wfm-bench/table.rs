@@ -1,0 +1,147 @@
+//! The table `wfm-bench` prints at the end of a run of the main phases:
+//! medians of the runs, ratios taken within each run, and each target's
+//! verdict.
+
+use crate::{Args, Measured, Run, latency, machine_facts};
+
+fn median(runs: &[Run], field: impl Fn(&Run) -> f64) -> f64 {
+    let mut values: Vec<f64> = runs.iter().map(field).collect();
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
+    let m = |f: &dyn Fn(&Run) -> f64| median(runs, f);
+    // A phase left out (`--phases`) measures 0: no verdict on it.
+    let verdict = |value: f64, ok: bool| {
+        if !value.is_finite() || value == 0.0 {
+            "not measured"
+        } else if ok {
+            "met"
+        } else {
+            "MISSED"
+        }
+    };
+    let (broker, database, backlog) = (m(&|r| r.broker), m(&|r| r.database), m(&|r| r.backlog));
+    let lat = |which: Measured, f: fn(&latency::Latencies) -> f64| {
+        m(&|r| which(r).as_ref().map_or(f64::NAN, f))
+    };
+    println!(
+        "\nwfm-bench: medians of {} run(s); ratios are taken within each run\n",
+        runs.len()
+    );
+    println!("| measurement | result | target |");
+    println!("|---|---:|---|");
+    println!(
+        "| (1) broker limit, ack-only consumer, {} msgs | {broker:.0} msgs/s | |",
+        args.messages
+    );
+    println!(
+        "| (2) database limit, batched writes, {} msgs | {database:.0} msgs/s | |",
+        args.messages
+    );
+    println!(
+        "| L serial limit 1/(1/(1)+1/(2)) | {:.0} msgs/s | |",
+        m(&Run::serial)
+    );
+    println!(
+        "| (3) worker, backlog of {} checkins | {backlog:.0} msgs/s | |",
+        args.messages
+    );
+    let cpu = m(&|r| r.cpu_us);
+    println!(
+        "| (3) worker CPU (user + system, all threads) per stored checkin | {cpu:.1} µs | ≤ 13 µs: {} |",
+        verdict(cpu, cpu <= 13.0)
+    );
+    println!(
+        "| (3) of which runtime threads / AMQP I/O threads (lapin, one per connection) / other | {:.1} / {:.1} / {:.1} µs | |",
+        m(&|r| r.cpu_split.runtime),
+        m(&|r| r.cpu_split.amqp_io),
+        m(&|r| r.cpu_split.other)
+    );
+    println!(
+        "| (4) worker, batch size 1, {} checkins | {:.0} msgs/s | |",
+        args.single_messages,
+        m(&|r| r.single)
+    );
+    for rate in [args.latency_rate, args.latency_rate * 10] {
+        let high = rate != args.latency_rate;
+        let which: Measured = if high { |r| &r.high } else { |r| &r.low };
+        let (p50, p99, max) = (
+            lat(which, |l| l.p50_ms),
+            lat(which, |l| l.p99_ms),
+            lat(which, |l| l.max_ms),
+        );
+        let target = if high {
+            String::new()
+        } else {
+            format!(
+                "p99 ≤ 5 ms, p50 ≤ 3 ms: {}",
+                verdict(p99, p99 <= 5.0 && p50 <= 3.0)
+            )
+        };
+        println!(
+            "| (5) publish→commit p50 / p99 / max at {rate}/s for {} s | {p50:.1} / {p99:.1} / {max:.1} ms | {target} |",
+            args.latency_secs
+        );
+    }
+    println!(
+        "| (5) its floor: publish→deliver, the broker alone (ack-only consumer), p50 / p99 / max at {}/s | {:.1} / {:.1} / {:.1} ms | |",
+        args.latency_rate,
+        lat(|r| &r.floor, |l| l.p50_ms),
+        lat(|r| &r.floor, |l| l.p99_ms),
+        lat(|r| &r.floor, |l| l.max_ms),
+    );
+    let rss = m(&|r| r.rss_mib);
+    println!(
+        "| (6) worker peak RSS during (3) | {rss:.1} MiB | ≤ 28 MiB: {} |",
+        verdict(rss, rss <= 28.0)
+    );
+    if let Some(last) = runs.last() {
+        println!(
+            "| (6) resident at the end of (3), last run | {} | |",
+            last.resident
+        );
+    }
+    let versions = m(&|r| r.versions);
+    println!(
+        "| (7) worker, backlog of {} versions | {versions:.0} msgs/s | ≥ 40,000: {} |",
+        args.versions,
+        verdict(versions, versions >= 40_000.0)
+    );
+    println!(
+        "| (7) worker CPU (user + system, all threads) per stored version; runtime threads / AMQP I/O threads / other | {:.1} µs; {:.1} / {:.1} / {:.1} µs | |",
+        m(&|r| r.versions_cpu_us),
+        m(&|r| r.versions_cpu.runtime),
+        m(&|r| r.versions_cpu.amqp_io),
+        m(&|r| r.versions_cpu.other)
+    );
+    println!(
+        "| (7) its limits: the broker alone (as (1)) / the version upsert alone (as (2)) / serial L | {:.0} / {:.0} / {:.0} msgs/s | |",
+        m(&|r| r.versions_broker),
+        m(&|r| r.versions_database),
+        m(&Run::versions_serial)
+    );
+    println!(
+        "| (7) over its database limit / over its L | {:.2} / {:.2} | |",
+        m(&|r| r.versions / r.versions_database),
+        m(&|r| r.versions / r.versions_serial())
+    );
+    let over_serial = m(&|r| r.backlog / r.serial());
+    let over_database = m(&|r| r.backlog / r.database);
+    println!("| 3/1 | {:.2} | |", m(&|r| r.backlog / r.broker));
+    println!(
+        "| 3/2 | {over_database:.2} | ≥ 1.0: {} |",
+        verdict(over_database, over_database >= 1.0)
+    );
+    let over_single = m(&|r| r.backlog / r.single);
+    println!(
+        "| 3/4 | {over_single:.1} | ≥ 10: {} |",
+        verdict(over_single, over_single >= 10.0)
+    );
+    println!(
+        "| 3/L | {over_serial:.2} | ≥ 1.3: {} |",
+        verdict(over_serial, over_serial >= 1.3)
+    );
+    println!("\nmachine: {}", machine_facts().await);
+}
