@@ -14,24 +14,14 @@ use serde::{
     Deserialize, Deserializer,
     de::{MapAccess, SeqAccess, Visitor},
 };
-use wfm_worker::message::{Checkin, Envelope, Limits, MAX_REASON_BYTES, fuzzing};
+use wfm_worker::message::{Checkin, MAX_REASON_BYTES, fuzzing};
 
 /// Small enough that the fuzzer reaches it, and below serde_json's own
 /// recursion limit (128), so that the reference parse sees past it.
 const MAX_DEPTH: usize = 8;
 
 fuzz_target!(|body: &[u8]| {
-    let envelope = Envelope {
-        body,
-        message_id: None,
-        timestamp_secs: None,
-        timestamp_ms: None,
-        received_at: chrono::DateTime::UNIX_EPOCH,
-    };
-    let limits = Limits {
-        max_json_depth: MAX_DEPTH,
-        ..Limits::default()
-    };
+    let (envelope, limits) = fuzzing::delivered(body, MAX_DEPTH);
     if let Err(rejection) = Checkin::parse(&envelope, &limits) {
         assert!(rejection.reason.len() <= MAX_REASON_BYTES, "{rejection}");
     }

@@ -4,20 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wfm_worker::message::{Envelope, Limits, MAX_REASON_BYTES, VersionEvent};
+use wfm_worker::message::{MAX_REASON_BYTES, VersionEvent, fuzzing};
 
 fuzz_target!(|body: &[u8]| {
-    let envelope = Envelope {
-        body,
-        message_id: None,
-        timestamp_secs: None,
-        timestamp_ms: None,
-        received_at: chrono::DateTime::UNIX_EPOCH,
-    };
-    let limits = Limits {
-        max_json_depth: 8,
-        ..Limits::default()
-    };
+    let (envelope, limits) = fuzzing::delivered(body, 8);
     if let Err(rejection) = VersionEvent::parse(&envelope, &limits) {
         assert!(rejection.reason.len() <= MAX_REASON_BYTES, "{rejection}");
     }
