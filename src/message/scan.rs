@@ -15,7 +15,7 @@
 //! loop over bytes and reads a checkin in half the time (BENCHMARKS.md,
 //! "A one-pass reader for checkins").
 
-use super::json::{bytes_below, bytes_equal, word_at};
+use super::json::{ONES, bytes_below, bytes_equal, word_at};
 
 /// A position in a document; every method returns `None` to give up.
 pub struct Cursor<'a> {
@@ -23,6 +23,24 @@ pub struct Cursor<'a> {
     at: usize,
     depth: usize,
     max_depth: usize,
+}
+
+/// The fields a reader knows of one kind of object, in the order writers
+/// put them (so that the first comparison mostly matches). A type rather
+/// than a slice argument so that each reader's names are constants where
+/// they are compared: every comparison is then of a known length, and the
+/// search through them unrolled (as a slice passed in, the names were loaded
+/// and their lengths dispatched on for every key).
+pub trait Fields {
+    /// At most eight, each without quote, backslash or control character.
+    const NAMES: &'static [&'static str];
+}
+
+/// An object nobody reads.
+struct Unknown;
+
+impl Fields for Unknown {
+    const NAMES: &'static [&'static str] = &[];
 }
 
 /// Deeper than this the walk gives up, whatever the limit: only unknown fields
@@ -77,47 +95,85 @@ impl<'a> Cursor<'a> {
 
     /// A string without escapes or control characters, borrowed.
     pub fn string(&mut self) -> Option<&'a str> {
-        self.eat(b'"')?;
-        let start = self.at;
-        let end = start + plain_run(&self.bytes()[start..]);
-        if self.bytes().get(end) != Some(&b'"') {
+        if self.peek()? != b'"' {
             return None;
         }
-        self.at = end + 1;
+        let start = self.at + 1;
+        let end = self.string_end()?;
         // Both ends are ASCII quotes: char boundaries of valid UTF-8.
         self.text.get(start..end)
     }
 
     /// `null` or a string: serde's `Option<String>`.
     pub fn optional_string(&mut self) -> Option<Option<&'a str>> {
-        if self.null() {
-            return Some(None);
+        match self.peek()? {
+            b'n' => self.literal(b"null").map(|()| None),
+            _ => self.string().map(Some),
         }
-        self.string().map(Some)
     }
 
-    /// An object, handing each key to `field`, which must read its value.
-    pub fn object(&mut self, field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.object_of(&[], field)
+    /// A string nobody reads.
+    fn plain(&mut self) -> Option<()> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        self.string_end().map(drop)
     }
 
-    /// [`Self::object`] for an object whose keys are mostly `known`: each key
-    /// is first compared in place with those, and scanned only if it is none
-    /// of them. A checkin is ~175 strings, 100 of them keys, and scanning
-    /// one costs ~100 instructions however short it is, comparing it in
-    /// place with an object's few keys two thirds of that (BENCHMARKS.md,
-    /// "Keys compared in place"). Which keys are listed changes only the
-    /// speed: an unlisted key is scanned and handed to `field` all the same.
-    pub fn object_of(
+    /// `null` or a string nobody reads (most of a checkin's values): the
+    /// same checks as [`Self::optional_string`] without building a `&str`.
+    pub fn optional_plain(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string_end().map(drop),
+            b'n' => self.literal(b"null"),
+            _ => None,
+        }
+    }
+
+    /// At a string's opening quote: moves past its closing one and returns
+    /// where that is, if no escape or control character comes first.
+    /// Inlined into its few callers: for the short strings of a checkin the
+    /// call and the set-up of a shared scan cost as much as the scan.
+    #[inline(always)]
+    fn string_end(&mut self) -> Option<usize> {
+        let start = self.at + 1;
+        let end = start + plain_run(self.bytes().get(start..)?);
+        if self.bytes().get(end) != Some(&b'"') {
+            return None;
+        }
+        self.at = end + 1;
+        Some(end)
+    }
+
+    /// An object whose keys are mostly `F`'s: `field` is handed each key's
+    /// place in [`Fields::NAMES`], or `None` for any other key, and must read
+    /// the value. Each key is compared in place with `F`'s first and scanned
+    /// only if it is none of them: a checkin is ~175 strings, 100 of them
+    /// keys, and scanning one costs more than comparing it with an object's
+    /// few keys (BENCHMARKS.md, "Keys compared in place"); handing over the
+    /// place rather than the key spares the reader matching it a second time.
+    /// A known key met twice gives up: serde refuses a duplicate field, even
+    /// after a `null`. Other keys are not read, so serde ignores them however
+    /// often they come.
+    pub fn object_of<F: Fields>(
         &mut self,
-        known: &[&'static str],
-        mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
+        mut field: impl FnMut(&mut Self, Option<usize>) -> Option<()>,
     ) -> Option<()> {
+        const { assert!(F::NAMES.len() <= 8) };
+        let mut seen = 0u8;
         self.container(b'{', b'}', |cursor| {
-            let key = match known.iter().find(|key| cursor.quoted(key)) {
-                Some(key) => key,
-                None => cursor.string()?,
-            };
+            cursor.whitespace();
+            let key = F::NAMES.iter().position(|key| cursor.quoted(key));
+            match key {
+                Some(i) => {
+                    let bit = 1 << i;
+                    if seen & bit != 0 {
+                        return None;
+                    }
+                    seen |= bit;
+                }
+                None => cursor.plain()?,
+            }
             cursor.eat(b':')?;
             field(cursor, key)
         })
@@ -176,8 +232,8 @@ impl<'a> Cursor<'a> {
     /// Any value, unread (serde's `IgnoredAny`, for fields nobody decodes).
     pub fn skip(&mut self) -> Option<()> {
         match self.peek()? {
-            b'"' => self.string().map(drop),
-            b'{' => self.object(|cursor, _| cursor.skip()),
+            b'"' => self.string_end().map(drop),
+            b'{' => self.object_of::<Unknown>(|cursor, _| cursor.skip()),
             b'[' => self.array(Self::skip),
             b'-' | b'0'..=b'9' => self.number(),
             b't' => self.literal(b"true"),
@@ -259,9 +315,11 @@ fn plain_run(bytes: &[u8]) -> usize {
     let mut i = 0;
     while let Some(chunk) = bytes.get(i..i + 8) {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        // Each mask is exact for its lowest flagged lane, so their union is
-        // exact for the lowest of all, the only one read.
-        let found = bytes_equal(word, b'"') | bytes_equal(word, b'\\') | bytes_below(word, 0x20);
+        // Flipping bit 1 maps `"` (0x22) to 0x20 and keeps every control
+        // byte below 0x20 (and no other byte at or below 0x20): one test for
+        // both. Each mask is exact for its lowest flagged lane, so their
+        // union is exact for the lowest of all, the only one read.
+        let found = bytes_below(word ^ (ONES * 0x02), 0x21) | bytes_equal(word, b'\\');
         if found != 0 {
             return i + found.trailing_zeros() as usize / 8;
         }
@@ -384,23 +442,45 @@ mod tests {
         assert!(!at(&nested(MAX_WALK_DEPTH + 1), 1_000));
     }
 
+    struct NameType;
+
+    impl Fields for NameType {
+        const NAMES: &'static [&'static str] = &["name", "type"];
+    }
+
+    fn keys(text: &str) -> Option<Vec<Option<usize>>> {
+        let mut cursor = Cursor::new(text, 8);
+        let mut keys = Vec::new();
+        cursor.object_of::<NameType>(|cursor, key| {
+            keys.push(key);
+            cursor.skip()
+        })?;
+        cursor.end().map(|()| keys)
+    }
+
     #[test]
-    fn keys_compared_in_place_read_as_scanned_ones() {
-        fn keys(text: &str) -> Option<Vec<&str>> {
-            let mut cursor = Cursor::new(text, 8);
-            let mut keys = Vec::new();
-            cursor.object_of(&["name", "type"], |cursor, key| {
-                keys.push(key);
-                cursor.skip()
-            })?;
-            cursor.end().map(|()| keys)
-        }
-        let read = keys(r#"{"type":1,"name":2,"other":3, "name" :4,"nam":5,"namex":6}"#);
-        assert_eq!(
-            read,
-            Some(vec!["type", "name", "other", "name", "nam", "namex"])
-        );
-        for broken in [r#"{"name"x:1}"#, r#"{"name:1}"#, r#"{"name"#, r#"{"name""#] {
+    fn known_keys_are_found_by_place_in_any_order_and_spacing() {
+        let read = keys(r#"{"type":1, "other":3,"name" :2,"nam":5,"namex":6,"other":7}"#);
+        assert_eq!(read, Some(vec![Some(1), None, Some(0), None, None, None]));
+        assert_eq!(keys("{ \"name\"\n:1 }"), Some(vec![Some(0)]));
+        assert_eq!(keys(r#"{"na\u006de":1}"#), None, "an escape gives up");
+    }
+
+    #[test]
+    fn a_known_key_twice_gives_up_as_serde_refuses_it() {
+        assert_eq!(keys(r#"{"name":1,"type":2,"name":3}"#), None);
+        assert_eq!(keys(r#"{"name":null,"name":null}"#), None);
+    }
+
+    #[test]
+    fn broken_keys_give_up() {
+        for broken in [
+            r#"{"name"x:1}"#,
+            r#"{"name:1}"#,
+            r#"{"name"#,
+            r#"{"name""#,
+            r#"{name:1}"#,
+        ] {
             assert_eq!(keys(broken), None, "{broken:?}");
         }
     }
@@ -414,6 +494,12 @@ mod tests {
             ("é\"", 2),
             ("plain", 5),
             ("a~\u{7f}bcdefgh!\"", 11),
+            // Bytes around `"` and the control range, which share one test.
+            (" !#$ !#$ !#$\"", 12),
+            ("abcdefgh\u{1f}", 8),
+            ("abcdefgh\u{2}", 8),
+            ("abcdefgh\u{0}", 8),
+            ("abcdefg\u{20}\u{21}\u{23}\u{7f}\u{80}\\", 13),
         ] {
             assert_eq!(plain_run(text.as_bytes()), run, "{text:?}");
         }

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use super::WireCheckin;
 use crate::message::{
-    scan::Cursor,
+    scan::{Cursor, Fields},
     shape::{Components, Text},
 };
 
@@ -14,13 +14,12 @@ use crate::message::{
 pub(super) fn checkin(text: &str, max_depth: usize) -> Option<WireCheckin<'_>> {
     let mut cursor = Cursor::new(text, max_depth);
     let mut wire = WireCheckin::default();
-    let mut seen = Fields::default();
-    cursor.object_of(CLUSTER, |cursor, key| match key {
-        "id" => text_field(cursor, &mut seen, 0, &mut wire.id),
-        "firstSeen" => text_field(cursor, &mut seen, 1, &mut wire.first_seen),
-        "lastSeen" => text_field(cursor, &mut seen, 2, &mut wire.last_seen),
-        "components" => {
-            wire.components = optional(cursor, &mut seen, 3, components)?;
+    cursor.object_of::<Cluster>(|cursor, field| match field {
+        Some(0) => text_field(cursor, &mut wire.id),
+        Some(1) => text_field(cursor, &mut wire.first_seen),
+        Some(2) => text_field(cursor, &mut wire.last_seen),
+        Some(3) => {
+            wire.components = optional(cursor, components)?;
             Some(())
         }
         _ => cursor.skip(),
@@ -29,59 +28,49 @@ pub(super) fn checkin(text: &str, max_depth: usize) -> Option<WireCheckin<'_>> {
     Some(wire)
 }
 
-/// Each object's keys, compared in place before any is scanned
-/// ([`Cursor::object_of`]), in the order of the models' fields (the order
-/// Go's encoder writes them in). Only speed depends on these lists: a key
-/// left out is scanned and matched all the same.
-const CLUSTER: &[&str] = &["id", "firstSeen", "lastSeen", "components"];
-const COMPONENT_VERSION: &[&str] = &["component", "version", "updateAvailable"];
-const COMPONENT: &[&str] = &["name", "description", "type"];
-const VERSION: &[&str] = &["train", "version", "released", "data"];
-const DATA: &[&str] = &["description", "fixes"];
+/// Each object's fields, in the order of the models' fields (the order Go's
+/// encoder writes them in). Each reader's `match` takes a field by its place
+/// in its list: `Some(0)` is the first.
+struct Cluster;
+struct ComponentVersion;
+struct Component;
+struct Release;
+struct Data;
 
-/// Which known fields of one object were read: serde refuses a second one
-/// ("duplicate field"), even after a `null`.
-#[derive(Default)]
-struct Fields(u8);
+impl Fields for Cluster {
+    const NAMES: &'static [&'static str] = &["id", "firstSeen", "lastSeen", "components"];
+}
 
-impl Fields {
-    fn first(&mut self, field: u8) -> Option<()> {
-        let bit = 1 << field;
-        let first = self.0 & bit == 0;
-        self.0 |= bit;
-        first.then_some(())
-    }
+impl Fields for ComponentVersion {
+    const NAMES: &'static [&'static str] = &["component", "version", "updateAvailable"];
+}
+
+impl Fields for Component {
+    const NAMES: &'static [&'static str] = &["name", "description", "type"];
+}
+
+impl Fields for Release {
+    const NAMES: &'static [&'static str] = &["train", "version", "released", "data"];
+}
+
+impl Fields for Data {
+    const NAMES: &'static [&'static str] = &["description", "fixes"];
 }
 
 /// A known field: `null`, or the value `read` reads (serde's `Option<T>`).
 fn optional<'a, T>(
     cursor: &mut Cursor<'a>,
-    seen: &mut Fields,
-    field: u8,
     read: impl FnOnce(&mut Cursor<'a>) -> Option<T>,
 ) -> Option<Option<T>> {
-    seen.first(field)?;
     if cursor.null() {
         return Some(None);
     }
     read(cursor).map(Some)
 }
 
-fn text_field<'a>(
-    cursor: &mut Cursor<'a>,
-    seen: &mut Fields,
-    field: u8,
-    slot: &mut Option<Text<'a>>,
-) -> Option<()> {
-    seen.first(field)?;
+fn text_field<'a>(cursor: &mut Cursor<'a>, slot: &mut Option<Text<'a>>) -> Option<()> {
     *slot = cursor.optional_string()?.map(|s| Text(Cow::Borrowed(s)));
     Some(())
-}
-
-/// A string nobody reads, or `null`.
-fn any_text(cursor: &mut Cursor<'_>, seen: &mut Fields, field: u8) -> Option<()> {
-    seen.first(field)?;
-    cursor.optional_string().map(drop)
 }
 
 /// `components`: an array of `models.ComponentVersion` (or `null`s).
@@ -106,14 +95,16 @@ fn components(cursor: &mut Cursor<'_>) -> Option<Components> {
 /// `models.ComponentVersion`; whether its component has a non-empty name.
 fn component_version(cursor: &mut Cursor<'_>) -> Option<bool> {
     let mut named = false;
-    let mut seen = Fields::default();
-    cursor.object_of(COMPONENT_VERSION, |cursor, key| match key {
-        "component" => {
-            named = optional(cursor, &mut seen, 0, component)?.unwrap_or(false);
+    cursor.object_of::<ComponentVersion>(|cursor, field| match field {
+        // component
+        Some(0) => {
+            named = optional(cursor, component)?.unwrap_or(false);
             Some(())
         }
-        "version" => optional(cursor, &mut seen, 1, release).map(drop),
-        "updateAvailable" => any_text(cursor, &mut seen, 2),
+        // version
+        Some(1) => optional(cursor, release).map(drop),
+        // updateAvailable
+        Some(2) => cursor.optional_plain(),
         _ => cursor.skip(),
     })?;
     Some(named)
@@ -122,17 +113,16 @@ fn component_version(cursor: &mut Cursor<'_>) -> Option<bool> {
 /// `models.Component`; whether its name is there and not empty.
 fn component(cursor: &mut Cursor<'_>) -> Option<bool> {
     let mut named = false;
-    let mut seen = Fields::default();
-    cursor.object_of(COMPONENT, |cursor, key| match key {
-        "name" => {
-            seen.first(0)?;
+    cursor.object_of::<Component>(|cursor, field| match field {
+        // name
+        Some(0) => {
             named = cursor
                 .optional_string()?
                 .is_some_and(|name| !name.is_empty());
             Some(())
         }
-        "description" => any_text(cursor, &mut seen, 1),
-        "type" => any_text(cursor, &mut seen, 2),
+        // description, type
+        Some(1 | 2) => cursor.optional_plain(),
         _ => cursor.skip(),
     })?;
     Some(named)
@@ -140,22 +130,20 @@ fn component(cursor: &mut Cursor<'_>) -> Option<bool> {
 
 /// `models.Version` inside a checkin.
 fn release(cursor: &mut Cursor<'_>) -> Option<()> {
-    let mut seen = Fields::default();
-    cursor.object_of(VERSION, |cursor, key| match key {
-        "train" => any_text(cursor, &mut seen, 0),
-        "version" => any_text(cursor, &mut seen, 1),
-        "released" => any_text(cursor, &mut seen, 2),
-        "data" => optional(cursor, &mut seen, 3, data).map(drop),
+    cursor.object_of::<Release>(|cursor, field| match field {
+        // train, version, released
+        Some(0..=2) => cursor.optional_plain(),
+        // data
+        Some(3) => optional(cursor, data).map(drop),
         _ => cursor.skip(),
     })
 }
 
 /// `models.Data`.
 fn data(cursor: &mut Cursor<'_>) -> Option<()> {
-    let mut seen = Fields::default();
-    cursor.object_of(DATA, |cursor, key| match key {
-        "description" => any_text(cursor, &mut seen, 0),
-        "fixes" => any_text(cursor, &mut seen, 1),
+    cursor.object_of::<Data>(|cursor, field| match field {
+        // description, fixes
+        Some(0 | 1) => cursor.optional_plain(),
         _ => cursor.skip(),
     })
 }
@@ -167,7 +155,15 @@ mod tests {
 
     #[test]
     fn known_keys_are_plain_strings_so_they_can_be_compared_in_place() {
-        for key in [CLUSTER, COMPONENT_VERSION, COMPONENT, VERSION, DATA].concat() {
+        for key in [
+            Cluster::NAMES,
+            ComponentVersion::NAMES,
+            Component::NAMES,
+            Release::NAMES,
+            Data::NAMES,
+        ]
+        .concat()
+        {
             let quoted = format!("\"{key}\"");
             let mut cursor = Cursor::new(&quoted, 1);
             assert_eq!(cursor.string(), Some(key), "{key:?}");
