@@ -460,7 +460,8 @@ mod tests {
 
     #[test]
     fn known_keys_are_found_by_place_in_any_order_and_spacing() {
-        let read = keys(r#"{"type":1, "other":3,"name" :2,"nam":5,"namex":6,"other":7}"#);
+        // A tab before `"name"`: a known key after whitespace is still known.
+        let read = keys(r#"{"type":1, "other":3,	"name" :2,"nam":5,"namex":6,"other":7}"#);
         assert_eq!(read, Some(vec![Some(1), None, Some(0), None, None, None]));
         assert_eq!(keys("{ \"name\"\n:1 }"), Some(vec![Some(0)]));
         assert_eq!(keys(r#"{"na\u006de":1}"#), None, "an escape gives up");
