@@ -86,11 +86,7 @@ impl<'a> Cursor<'a> {
 
     /// `null` (an absent `Option` to serde), consumed if it is next.
     pub fn null(&mut self) -> bool {
-        let found = self.peek() == Some(b'n') && self.bytes()[self.at..].starts_with(b"null");
-        if found {
-            self.at += 4;
-        }
-        found
+        self.peek() == Some(b'n') && self.literal(b"null").is_some()
     }
 
     /// A string without escapes or control characters, borrowed.
