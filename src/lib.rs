@@ -5,8 +5,10 @@
 //! domain values, [`store`] writes batches, and [`pipeline`] ties them together
 //! and alone decides when a delivery is acked — only after its rows commit, or
 //! after its dead-letter copy is confirmed.
-// One exception, audited where it is: setting SO_RCVLOWAT on the consuming
-// connection's socket (broker/socket.rs), which no safe binding offers.
+// Two exceptions, audited where they are: setting SO_RCVLOWAT on the consuming
+// connection's socket (broker/socket.rs), which no safe binding offers; and
+// the call of an SSE2 function from code built with SSE2 (message/scan.rs),
+// which the language does not yet see as safe.
 #![deny(unsafe_code)]
 
 pub mod app;
