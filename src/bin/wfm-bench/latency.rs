@@ -18,7 +18,8 @@ use wfm_worker::{app, broker::CHECKIN_ROUTING_KEY};
 use crate::{
     env::BenchEnv,
     payload,
-    phases::{Limits, spawn_worker, stop},
+    phases::{Limits, metric, stop, worker_command},
+    procfs,
 };
 
 const NOTIFY_ON_COMMIT: &str = "
@@ -32,6 +33,10 @@ pub struct Latencies {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// What the latency cost the worker (not measured for the broker alone):
+    /// its CPU per checkin over the steady load, and its mean batch.
+    pub cpu_us: f64,
+    pub mean_batch: f64,
 }
 
 pub async fn latency(
@@ -53,7 +58,17 @@ pub async fn latency(
         }
     });
     client.batch_execute(NOTIFY_ON_COMMIT).await?;
-    let mut worker = spawn_worker(&env, exe, limits.batch_size)?;
+    let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut worker = worker_command(
+        &env,
+        exe,
+        limits.batch_size,
+        &env.amqp_url,
+        Some(http),
+        "wfm-worker",
+    )?
+    .spawn()?;
+    let pid = worker.id().unwrap_or_default();
     let channel = env.connection.create_channel().await?;
 
     // Warm-up: the worker is consuming once one message has gone through.
@@ -66,11 +81,29 @@ pub async fn latency(
     .await?;
     tokio::time::timeout(Duration::from_secs(60), committed.recv()).await?;
 
+    let (cpu_before, batches_before) = (
+        procfs::cpu_secs(pid).unwrap_or(f64::NAN),
+        batches(http, &env.topology.checkin_queue).await,
+    );
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
     let latencies = arrivals(&published, &mut committed).await?;
+    let cpu = procfs::cpu_secs(pid).unwrap_or(f64::NAN) - cpu_before;
+    let (messages, count) = batches(http, &env.topology.checkin_queue).await;
     stop(&mut worker).await?;
     env.drop_all().await;
-    Ok(percentiles(latencies))
+    Ok(Latencies {
+        cpu_us: cpu * 1e6 / published.len() as f64,
+        mean_batch: (messages - batches_before.0) / (count - batches_before.1),
+        ..percentiles(latencies)
+    })
+}
+
+/// Messages written in batches, and batches, for `queue` so far.
+async fn batches(http: std::net::SocketAddr, queue: &str) -> (f64, f64) {
+    (
+        metric(http, "wfm_batch_size_messages_sum", queue).await,
+        metric(http, "wfm_batch_size_messages_count", queue).await,
+    )
 }
 
 /// Publish→deliver through the broker alone, at the same load on the same
@@ -160,5 +193,7 @@ fn percentiles(mut latencies: Vec<f64>) -> Latencies {
         p50_ms: at(0.50),
         p99_ms: at(0.99),
         max_ms: at(1.0),
+        cpu_us: f64::NAN,
+        mean_batch: f64::NAN,
     }
 }

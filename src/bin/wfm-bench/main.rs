@@ -6,8 +6,8 @@
 //! 2. database limit: the worker's own batched writes, driven without the broker
 //! 3. worker, backlog: the real binary draining a pre-filled queue of checkins
 //! 4. worker, one message per transaction (batch size 1)
-//! 5. publish→commit latency at a steady offered load (and its floor: publish→
-//!    deliver through the broker alone)
+//! 5. publish→commit latency at a steady offered load and at ten times it (and
+//!    their floors: publish→deliver through the broker alone)
 //! 6. the worker's peak RSS during (3)
 //! 7. worker, versions backlog (and its limits: the broker alone, the version
 //!    upsert alone)
@@ -124,8 +124,9 @@ struct Run {
     /// Latency at the offered load, and at ten times it.
     low: Option<latency::Latencies>,
     high: Option<latency::Latencies>,
-    /// Publish→deliver through the broker alone, at the offered load.
+    /// Publish→deliver through the broker alone, at the same two loads.
     floor: Option<latency::Latencies>,
+    floor_high: Option<latency::Latencies>,
     rss_mib: f64,
     cpu_us: f64,
     /// `cpu_us` by kind of thread.
@@ -290,17 +291,22 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         ] {
             let l = latency::latency(limits, exe, rate, args.latency_secs).await?;
             eprintln!(
-                "  latency at {rate}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                "  latency at {rate}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {:.1} µs CPU/msg, {:.1} msgs/batch",
+                l.p50_ms, l.p99_ms, l.max_ms, l.cpu_us, l.mean_batch
+            );
+            *slot = Some(l);
+        }
+        for (rate, slot) in [
+            (args.latency_rate, &mut run.floor),
+            (args.latency_rate * 10, &mut run.floor_high),
+        ] {
+            let l = latency::broker_latency(limits, rate, args.latency_secs).await?;
+            eprintln!(
+                "  broker alone at {rate}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                 l.p50_ms, l.p99_ms, l.max_ms
             );
             *slot = Some(l);
         }
-        let l = latency::broker_latency(limits, args.latency_rate, args.latency_secs).await?;
-        eprintln!(
-            "  broker alone at {}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            args.latency_rate, l.p50_ms, l.p99_ms, l.max_ms
-        );
-        run.floor = Some(l);
     }
     Ok(run)
 }

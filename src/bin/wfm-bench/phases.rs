@@ -186,16 +186,21 @@ pub struct Drain {
 
 /// Mean of `wfm_batch_size_messages` for `queue`, scraped from the worker.
 async fn mean_batch(http: std::net::SocketAddr, queue: &str) -> f64 {
+    metric(http, "wfm_batch_size_messages_sum", queue).await
+        / metric(http, "wfm_batch_size_messages_count", queue).await
+}
+
+/// The value of the metric `name` for `queue`, scraped from the worker (NaN
+/// if it cannot be read).
+pub async fn metric(http: std::net::SocketAddr, name: &str, queue: &str) -> f64 {
     let Ok((_, text)) = wfm_worker::http::get(http, "/metrics").await else {
         return f64::NAN;
     };
-    let value = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name) && l.contains(&format!("queue=\"{queue}\"")))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    value("wfm_batch_size_messages_sum") / value("wfm_batch_size_messages_count")
+    let label = format!("queue=\"{queue}\"");
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// Which queue a phase fills.
