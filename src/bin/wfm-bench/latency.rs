@@ -18,7 +18,7 @@ use wfm_worker::{app, broker::CHECKIN_ROUTING_KEY};
 use crate::{
     env::BenchEnv,
     payload,
-    phases::{Limits, metric, stop, worker_command},
+    phases::{Limits, batch_totals, stop, worker_command},
     procfs,
 };
 
@@ -83,12 +83,12 @@ pub async fn latency(
 
     let (cpu_before, batches_before) = (
         procfs::cpu_secs(pid).unwrap_or(f64::NAN),
-        batches(http, &env.topology.checkin_queue).await,
+        batch_totals(http, &env.topology.checkin_queue).await,
     );
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
     let latencies = arrivals(&published, &mut committed).await?;
     let cpu = procfs::cpu_secs(pid).unwrap_or(f64::NAN) - cpu_before;
-    let (messages, count) = batches(http, &env.topology.checkin_queue).await;
+    let (messages, count) = batch_totals(http, &env.topology.checkin_queue).await;
     stop(&mut worker).await?;
     env.drop_all().await;
     Ok(Latencies {
@@ -96,14 +96,6 @@ pub async fn latency(
         mean_batch: (messages - batches_before.0) / (count - batches_before.1),
         ..percentiles(latencies)
     })
-}
-
-/// Messages written in batches, and batches, for `queue` so far.
-async fn batches(http: std::net::SocketAddr, queue: &str) -> (f64, f64) {
-    (
-        metric(http, "wfm_batch_size_messages_sum", queue).await,
-        metric(http, "wfm_batch_size_messages_count", queue).await,
-    )
 }
 
 /// Publish→deliver through the broker alone, at the same load on the same

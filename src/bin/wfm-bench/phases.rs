@@ -186,21 +186,28 @@ pub struct Drain {
 
 /// Mean of `wfm_batch_size_messages` for `queue`, scraped from the worker.
 async fn mean_batch(http: std::net::SocketAddr, queue: &str) -> f64 {
-    metric(http, "wfm_batch_size_messages_sum", queue).await
-        / metric(http, "wfm_batch_size_messages_count", queue).await
+    let (messages, batches) = batch_totals(http, queue).await;
+    messages / batches
 }
 
-/// The value of the metric `name` for `queue`, scraped from the worker (NaN
-/// if it cannot be read).
-pub async fn metric(http: std::net::SocketAddr, name: &str, queue: &str) -> f64 {
+/// Messages written in batches, and batches, for `queue` so far (the sum and
+/// count of `wfm_batch_size_messages`, scraped from the worker; NaN if they
+/// cannot be read).
+pub async fn batch_totals(http: std::net::SocketAddr, queue: &str) -> (f64, f64) {
     let Ok((_, text)) = wfm_worker::http::get(http, "/metrics").await else {
-        return f64::NAN;
+        return (f64::NAN, f64::NAN);
     };
     let label = format!("queue=\"{queue}\"");
-    text.lines()
-        .find(|l| l.starts_with(name) && l.contains(&label))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(f64::NAN)
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (
+        value("wfm_batch_size_messages_sum"),
+        value("wfm_batch_size_messages_count"),
+    )
 }
 
 /// Which queue a phase fills.
