@@ -33,6 +33,11 @@ pub struct Latencies {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The median of the first, and of the last, message of each burst (a
+    /// tick's worth, published at once): what the burst's later messages
+    /// wait for.
+    pub first_p50_ms: f64,
+    pub last_p50_ms: f64,
     /// What the latency cost the worker (not measured for the broker alone):
     /// its CPU per checkin over the steady load, and its mean batch.
     pub cpu_us: f64,
@@ -138,13 +143,14 @@ pub async fn broker_latency(
 }
 
 /// Publishes `per_second` checkins for `seconds`, a hundredth of a second's
-/// worth every 10 ms; returns when each was published, by message id.
+/// worth every 10 ms (a burst); returns when each was published and its
+/// place in its burst, by message id.
 async fn publish_steadily(
     env: &BenchEnv,
     channel: &Channel,
     per_second: usize,
     seconds: u64,
-) -> anyhow::Result<HashMap<String, Instant>> {
+) -> anyhow::Result<HashMap<String, (Instant, usize)>> {
     let total = per_second * seconds as usize;
     let per_tick = per_second / 100;
     let mut published = HashMap::with_capacity(total);
@@ -153,7 +159,7 @@ async fn publish_steadily(
         tick.tick().await;
         for i in start..(start + per_tick).min(total) {
             let (id, body) = (format!("lat-{i}"), payload::checkin(i));
-            published.insert(id.clone(), Instant::now());
+            published.insert(id.clone(), (Instant::now(), i - start));
             env.publish(channel, CHECKIN_ROUTING_KEY, &id, body.as_bytes())
                 .await?;
         }
@@ -161,31 +167,48 @@ async fn publish_steadily(
     Ok(published)
 }
 
-/// Milliseconds from publish to arrival of every message in `published`.
+/// Milliseconds from publish to arrival of every message in `published`,
+/// with its place in its burst.
 async fn arrivals(
-    published: &HashMap<String, Instant>,
+    published: &HashMap<String, (Instant, usize)>,
     arrived: &mut mpsc::UnboundedReceiver<(String, Instant)>,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<Vec<(usize, f64)>> {
     let mut latencies = Vec::with_capacity(published.len());
     while latencies.len() < published.len() {
         let (id, at) = tokio::time::timeout(Duration::from_secs(30), arrived.recv())
             .await?
             .ok_or_else(|| anyhow::anyhow!("arrivals ended"))?;
-        if let Some(sent) = published.get(&id) {
-            latencies.push(at.duration_since(*sent).as_secs_f64() * 1000.0);
+        if let Some((sent, place)) = published.get(&id) {
+            latencies.push((*place, at.duration_since(*sent).as_secs_f64() * 1000.0));
         }
     }
     Ok(latencies)
 }
 
-fn percentiles(mut latencies: Vec<f64>) -> Latencies {
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+fn percentiles(latencies: Vec<(usize, f64)>) -> Latencies {
+    let last = latencies.iter().map(|(place, _)| *place).max().unwrap_or(0);
+    let median_at = |place: usize| {
+        let of_place = latencies.iter().filter(|(p, _)| *p == place);
+        quantiles(of_place.map(|(_, ms)| *ms).collect())(0.5)
+    };
+    let (first_p50_ms, last_p50_ms) = (median_at(0), median_at(last));
+    let at = quantiles(latencies.into_iter().map(|(_, ms)| ms).collect());
     Latencies {
         p50_ms: at(0.50),
         p99_ms: at(0.99),
         max_ms: at(1.0),
+        first_p50_ms,
+        last_p50_ms,
         cpu_us: f64::NAN,
         mean_batch: f64::NAN,
+    }
+}
+
+/// The `q`-quantiles of `values` (NaN if there are none).
+fn quantiles(mut values: Vec<f64>) -> impl Fn(f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    move |q| {
+        let at = ((values.len() as f64 - 1.0) * q).round() as usize;
+        values.get(at).copied().unwrap_or(f64::NAN)
     }
 }

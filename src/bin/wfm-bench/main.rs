@@ -291,8 +291,8 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         ] {
             let l = latency::latency(limits, exe, rate, args.latency_secs).await?;
             eprintln!(
-                "  latency at {rate}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {:.1} µs CPU/msg, {:.1} msgs/batch",
-                l.p50_ms, l.p99_ms, l.max_ms, l.cpu_us, l.mean_batch
+                "  latency at {rate}/s: p50 {:.1} ms (a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms; {:.1} µs CPU/msg, {:.1} msgs/batch",
+                l.p50_ms, l.first_p50_ms, l.last_p50_ms, l.p99_ms, l.max_ms, l.cpu_us, l.mean_batch
             );
             *slot = Some(l);
         }
@@ -302,8 +302,8 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         ] {
             let l = latency::broker_latency(limits, rate, args.latency_secs).await?;
             eprintln!(
-                "  broker alone at {rate}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-                l.p50_ms, l.p99_ms, l.max_ms
+                "  broker alone at {rate}/s: p50 {:.1} ms (a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms",
+                l.p50_ms, l.first_p50_ms, l.last_p50_ms, l.p99_ms, l.max_ms
             );
             *slot = Some(l);
         }

@@ -103,6 +103,21 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
             lat(which, |l| l.max_ms),
         );
     }
+    for rate in [args.latency_rate, args.latency_rate * 10] {
+        let (worker, floor): (Measured, Measured) = if rate == args.latency_rate {
+            (|r| &r.low, |r| &r.floor)
+        } else {
+            (|r| &r.high, |r| &r.floor_high)
+        };
+        println!(
+            "| (5) at {rate}/s, p50 of the first / the last message of each burst ({} at once): publish→commit; the broker alone | {:.1} / {:.1} ms; {:.1} / {:.1} ms | |",
+            rate / 100,
+            lat(worker, |l| l.first_p50_ms),
+            lat(worker, |l| l.last_p50_ms),
+            lat(floor, |l| l.first_p50_ms),
+            lat(floor, |l| l.last_p50_ms),
+        );
+    }
     let rss = m(&|r| r.rss_mib);
     println!(
         "| (6) worker peak RSS during (3) | {rss:.1} MiB | ≤ 28 MiB: {} |",
