@@ -39,11 +39,14 @@ pub struct PgConnection {
 }
 
 impl PgConnection {
-    /// `sql` prepared on this connection, once: PostgreSQL then parses and
-    /// plans the batch statements (CTEs over several tables) once per
-    /// connection instead of at every batch, where planning alone took ~1 ms.
-    /// PostgreSQL re-plans a prepared statement by itself when a table it uses
-    /// changes (a conversion to partitions, say).
+    /// `sql` prepared on this connection, once: PostgreSQL then parses the
+    /// batch statements (CTEs over several tables) once per connection
+    /// instead of at every batch, where planning alone took ~1 ms. It plans
+    /// the first five executions with their values (`plan_cache_mode =
+    /// auto`), then keeps the generic plan for the connection's life, which
+    /// it finds no dearer for these statements (BENCHMARKS.md, "A batch's
+    /// plan"). PostgreSQL re-plans a prepared statement by itself when a table
+    /// it uses changes (a conversion to partitions, say).
     pub async fn prepared(
         &mut self,
         sql: &'static str,

@@ -6,7 +6,11 @@ use wfm_worker::{
     store,
 };
 
-use crate::support::{CLUSTER, Outgoing, TestEnv, checkin_body, db::TestDb, received};
+use crate::support::{
+    CLUSTER, Outgoing, TestEnv, checkin_body,
+    db::{TestDb, assert_settled_on_one_plan, plans},
+    received,
+};
 
 const CHECKINS: &str = "SELECT count(*) FROM clusters_checkins";
 
@@ -237,4 +241,36 @@ async fn a_clusters_new_row_version_goes_in_the_old_ones_page_so_a_round_of_chec
         after_second, after_first,
         "clusters grew from {after_first} to {after_second} pages in a round of checkins"
     );
+}
+
+/// The checkin statement is planned once per connection, not at every batch
+/// (see `assert_settled_on_one_plan`).
+#[tokio::test]
+async fn the_checkin_statement_settles_on_one_plan_per_connection() {
+    const BATCHES: usize = 12;
+    let db = TestDb::create().await;
+    wfm_worker::app::bootstrap(&db.settings()).await.unwrap();
+    let pool = store::connect_pool(&DatabaseSettings::plain(db.url().parse().unwrap(), 1))
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..BATCHES * 2)
+        .map(|c| checkin_body(&format!("00000000-0000-4000-8000-{c:012}"), "plans"))
+        .collect();
+    let ids: Vec<String> = (0..bodies.len()).map(|c| format!("plan-{c}")).collect();
+    let checkins: Vec<Item<Checkin<'_>>> = bodies
+        .iter()
+        .zip(&ids)
+        .enumerate()
+        .map(|(index, (body, id))| Item {
+            index,
+            value: Checkin::parse(&received(body, id), &Limits::default()).unwrap(),
+        })
+        .collect();
+    let mut conn = pool.get().await.unwrap();
+    for batch in checkins.chunks(2) {
+        let outcome = store::write_checkins(&mut conn, batch).await.unwrap();
+        assert_eq!(outcome.stored, 2);
+    }
+    let planned = plans(&conn, "INSERT INTO checkin_keys").await;
+    assert_settled_on_one_plan(planned, BATCHES as i64);
 }

@@ -1,6 +1,16 @@
 //! Version events: insert, and replace on a later publish of the same triple.
 
-use crate::support::{Outgoing, TestEnv, version_body};
+use wfm_worker::{
+    config::DatabaseSettings,
+    message::{Item, Limits, VersionEvent},
+    store,
+};
+
+use crate::support::{
+    Outgoing, TestEnv,
+    db::{TestDb, assert_settled_on_one_plan, plans},
+    received, version_body,
+};
 
 const VERSIONS: &str = "SELECT count(*) FROM versions";
 
@@ -217,4 +227,43 @@ async fn an_event_superseded_by_one_the_database_refuses_is_stored_on_its_own() 
     let letters = env.broker.take_dead_letters().await;
     assert_eq!(crate::support::broker::message_id(&letters[0]), "newer");
     worker.stop().await.unwrap();
+}
+
+/// As the checkin statement: planned once per connection, not at every batch.
+#[tokio::test]
+async fn the_version_upsert_settles_on_one_plan_per_connection() {
+    const BATCHES: usize = 12;
+    let db = TestDb::create().await;
+    wfm_worker::app::bootstrap(&db.settings()).await.unwrap();
+    let pool = store::connect_pool(&DatabaseSettings::plain(db.url().parse().unwrap(), 1))
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..BATCHES)
+        .map(|v| {
+            version_body(
+                "deis-router",
+                "stable",
+                &format!("v{v}"),
+                "2016-08-02T19:00:00Z",
+                "n",
+            )
+        })
+        .collect();
+    let ids: Vec<String> = (0..BATCHES).map(|v| format!("plan-{v}")).collect();
+    let mut conn = pool.get().await.unwrap();
+    for (index, (body, id)) in bodies.iter().zip(&ids).enumerate() {
+        let event = VersionEvent::parse(&received(body, id), &Limits::default()).unwrap();
+        let outcome = store::write_versions(
+            &mut conn,
+            &[Item {
+                index,
+                value: event,
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome.stored, 1);
+    }
+    let planned = plans(&conn, "INSERT INTO version_publishes").await;
+    assert_settled_on_one_plan(planned, BATCHES as i64);
 }

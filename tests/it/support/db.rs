@@ -150,3 +150,29 @@ async fn drop_database(admin: &Client, name: &str) {
         .batch_execute(&format!("DROP ROLE IF EXISTS {name}_worker"))
         .await;
 }
+
+/// How often each of this session's prepared statements whose text contains
+/// `fragment` was planned: (generic plans, custom plans). PostgreSQL 14+.
+pub async fn plans(client: &Client, fragment: &str) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
+              WHERE strpos(statement, $1) > 0",
+            &[&fragment],
+        )
+        .await
+        .expect("one prepared statement matches");
+    (row.get(0), row.get(1))
+}
+
+/// PostgreSQL plans a prepared statement's first executions with their
+/// values ("custom plans", five of them) and keeps its generic plan from
+/// then on if that plan costs no more. A batch statement must settle so:
+/// re-planned at every batch it costs ~0.35 ms more each time (BENCHMARKS.md,
+/// "A batch's plan").
+pub fn assert_settled_on_one_plan((generic, custom): (i64, i64), batches: i64) {
+    assert!(
+        custom <= 5 && generic == batches - custom,
+        "of {batches} batches, {custom} planned with their values and {generic} with the generic plan"
+    );
+}
