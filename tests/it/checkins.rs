@@ -1,7 +1,6 @@
 //! Checkins: both tables written, event-time order, message_id idempotency.
 
 use wfm_worker::{
-    config::DatabaseSettings,
     message::{Checkin, Item, Limits},
     store,
 };
@@ -171,6 +170,19 @@ fn shuffle<T>(items: &mut [T]) {
     }
 }
 
+/// `bodies` parsed as a batch of checkins, the `i`th with message id `ids[i]`.
+fn parsed<'a>(bodies: &'a [String], ids: &'a [String]) -> Vec<Item<Checkin<'a>>> {
+    bodies
+        .iter()
+        .zip(ids)
+        .enumerate()
+        .map(|(index, (body, id))| Item {
+            index,
+            value: Checkin::parse(&received(body, id), &Limits::default()).unwrap(),
+        })
+        .collect()
+}
+
 /// Every checkin rewrites its cluster's row. The new version must go in the
 /// old one's page (a HOT update: no new index entry, and the dead version is
 /// pruned in place later), so that a round of checkins from every cluster does
@@ -183,10 +195,7 @@ async fn a_clusters_new_row_version_goes_in_the_old_ones_page_so_a_round_of_chec
  {
     const CLUSTERS: usize = 400;
     let db = TestDb::create().await;
-    wfm_worker::app::bootstrap(&db.settings()).await.unwrap();
-    let pool = store::connect_pool(&DatabaseSettings::plain(db.url().parse().unwrap(), 1))
-        .await
-        .unwrap();
+    let pool = db.bootstrapped_pool().await;
     let client = db.client().await;
     let pages = || async {
         let row = client
@@ -209,15 +218,7 @@ async fn a_clusters_new_row_version_goes_in_the_old_ones_page_so_a_round_of_chec
             })
             .collect();
         let ids: Vec<String> = (0..CLUSTERS).map(|c| format!("r{round}-c{c}")).collect();
-        let checkins: Vec<Item<Checkin<'_>>> = bodies
-            .iter()
-            .zip(&ids)
-            .enumerate()
-            .map(|(index, (body, id))| Item {
-                index,
-                value: Checkin::parse(&received(body, id), &Limits::default()).unwrap(),
-            })
-            .collect();
+        let checkins = parsed(&bodies, &ids);
         for batch in checkins.chunks(50) {
             let mut conn = pool.get().await.unwrap();
             let outcome = store::write_checkins(&mut conn, batch).await.unwrap();
@@ -249,23 +250,12 @@ async fn a_clusters_new_row_version_goes_in_the_old_ones_page_so_a_round_of_chec
 async fn the_checkin_statement_settles_on_one_plan_per_connection() {
     const BATCHES: usize = 12;
     let db = TestDb::create().await;
-    wfm_worker::app::bootstrap(&db.settings()).await.unwrap();
-    let pool = store::connect_pool(&DatabaseSettings::plain(db.url().parse().unwrap(), 1))
-        .await
-        .unwrap();
+    let pool = db.bootstrapped_pool().await;
     let bodies: Vec<String> = (0..BATCHES * 2)
         .map(|c| checkin_body(&format!("00000000-0000-4000-8000-{c:012}"), "plans"))
         .collect();
     let ids: Vec<String> = (0..bodies.len()).map(|c| format!("plan-{c}")).collect();
-    let checkins: Vec<Item<Checkin<'_>>> = bodies
-        .iter()
-        .zip(&ids)
-        .enumerate()
-        .map(|(index, (body, id))| Item {
-            index,
-            value: Checkin::parse(&received(body, id), &Limits::default()).unwrap(),
-        })
-        .collect();
+    let checkins = parsed(&bodies, &ids);
     let mut conn = pool.get().await.unwrap();
     for batch in checkins.chunks(2) {
         let outcome = store::write_checkins(&mut conn, batch).await.unwrap();

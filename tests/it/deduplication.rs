@@ -6,7 +6,6 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_postgres::types::Type;
 use wfm_worker::{
-    config::DatabaseSettings,
     message::{Checkin, Item, Limits},
     store::{self, INSERT_CHECKINS, KEYS_LOCK},
 };
@@ -150,12 +149,9 @@ async fn write_one(conn: &mut store::PgConnection, message_id: &str) -> u64 {
 #[tokio::test]
 async fn a_writer_takes_the_key_lock_before_it_touches_a_table() {
     let db = TestDb::create().await;
-    wfm_worker::app::bootstrap(&db.settings()).await.unwrap();
     // One connection, its statements prepared by a first write (preparing
     // them reads the tables' definitions).
-    let pool = store::connect_pool(&DatabaseSettings::plain(db.url().parse().unwrap(), 1))
-        .await
-        .unwrap();
+    let pool = db.bootstrapped_pool().await;
     assert_eq!(
         write_one(&mut pool.get().await.unwrap(), "warm-up").await,
         1

@@ -1,7 +1,6 @@
 //! Version events: insert, and replace on a later publish of the same triple.
 
 use wfm_worker::{
-    config::DatabaseSettings,
     message::{Item, Limits, VersionEvent},
     store,
 };
@@ -234,10 +233,7 @@ async fn an_event_superseded_by_one_the_database_refuses_is_stored_on_its_own() 
 async fn the_version_upsert_settles_on_one_plan_per_connection() {
     const BATCHES: usize = 12;
     let db = TestDb::create().await;
-    wfm_worker::app::bootstrap(&db.settings()).await.unwrap();
-    let pool = store::connect_pool(&DatabaseSettings::plain(db.url().parse().unwrap(), 1))
-        .await
-        .unwrap();
+    let pool = db.bootstrapped_pool().await;
     let bodies: Vec<String> = (0..BATCHES)
         .map(|v| {
             version_body(

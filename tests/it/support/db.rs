@@ -1,7 +1,7 @@
 //! A fresh PostgreSQL database per test, dropped (WITH (FORCE)) when the guard is.
 
 use tokio_postgres::{Client, Config, NoTls};
-use wfm_worker::config::DatabaseSettings;
+use wfm_worker::{config::DatabaseSettings, store};
 
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -45,6 +45,14 @@ impl TestDb {
     pub async fn bootstrap_then(&self, sql: &str) {
         wfm_worker::app::bootstrap(&self.settings()).await.unwrap();
         self.client().await.batch_execute(sql).await.unwrap();
+    }
+
+    /// Bootstraps the schema as the worker would, then opens a pool of one
+    /// connection on it, to drive the store directly.
+    pub async fn bootstrapped_pool(&self) -> store::Pool {
+        wfm_worker::app::bootstrap(&self.settings()).await.unwrap();
+        let settings = DatabaseSettings::plain(self.url().parse::<Config>().unwrap(), 1);
+        store::connect_pool(&settings).await.unwrap()
     }
 
     pub async fn client(&self) -> Client {
