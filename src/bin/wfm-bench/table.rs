@@ -64,21 +64,25 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
         args.single_messages,
         m(&|r| r.single)
     );
-    for rate in [args.latency_rate, args.latency_rate * 10] {
-        let high = rate != args.latency_rate;
-        let which: Measured = if high { |r| &r.high } else { |r| &r.low };
+    // The two latency points: the offered load, with its target, and ten
+    // times it; each with the worker's figures and its floor's.
+    let points: [(usize, Measured, Measured); 2] = [
+        (args.latency_rate, |r| &r.low, |r| &r.floor),
+        (args.latency_rate * 10, |r| &r.high, |r| &r.floor_high),
+    ];
+    for (rate, worker, _) in points {
         let (p50, p99, max) = (
-            lat(which, |l| l.p50_ms),
-            lat(which, |l| l.p99_ms),
-            lat(which, |l| l.max_ms),
+            lat(worker, |l| l.p50_ms),
+            lat(worker, |l| l.p99_ms),
+            lat(worker, |l| l.max_ms),
         );
-        let target = if high {
-            String::new()
-        } else {
+        let target = if rate == args.latency_rate {
             format!(
                 "p99 ≤ 5 ms, p50 ≤ 3 ms: {}",
                 verdict(p99, p99 <= 5.0 && p50 <= 3.0)
             )
+        } else {
+            String::new()
         };
         println!(
             "| (5) publish→commit p50 / p99 / max at {rate}/s for {} s | {p50:.1} / {p99:.1} / {max:.1} ms | {target} |",
@@ -86,29 +90,19 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
         );
         println!(
             "| (5) at {rate}/s, the worker's CPU per checkin / its mean batch | {:.1} µs / {:.1} msgs | |",
-            lat(which, |l| l.cpu_us),
-            lat(which, |l| l.mean_batch),
+            lat(worker, |l| l.cpu_us),
+            lat(worker, |l| l.mean_batch),
         );
     }
-    for rate in [args.latency_rate, args.latency_rate * 10] {
-        let which: Measured = if rate == args.latency_rate {
-            |r| &r.floor
-        } else {
-            |r| &r.floor_high
-        };
+    for (rate, _, floor) in points {
         println!(
             "| (5) its floor: publish→deliver, the broker alone (ack-only consumer), p50 / p99 / max at {rate}/s | {:.1} / {:.1} / {:.1} ms | |",
-            lat(which, |l| l.p50_ms),
-            lat(which, |l| l.p99_ms),
-            lat(which, |l| l.max_ms),
+            lat(floor, |l| l.p50_ms),
+            lat(floor, |l| l.p99_ms),
+            lat(floor, |l| l.max_ms),
         );
     }
-    for rate in [args.latency_rate, args.latency_rate * 10] {
-        let (worker, floor): (Measured, Measured) = if rate == args.latency_rate {
-            (|r| &r.low, |r| &r.floor)
-        } else {
-            (|r| &r.high, |r| &r.floor_high)
-        };
+    for (rate, worker, floor) in points {
         println!(
             "| (5) at {rate}/s, p50 of the first / the last message of each burst ({} at once): publish→commit; the broker alone | {:.1} / {:.1} ms; {:.1} / {:.1} ms | |",
             rate / 100,
