@@ -42,6 +42,8 @@ pub struct Latencies {
     /// its CPU per checkin over the steady load, and its mean batch.
     pub cpu_us: f64,
     pub mean_batch: f64,
+    /// Percent of the machine's CPU time its host stole meanwhile.
+    pub stolen_pct: f64,
 }
 
 pub async fn latency(
@@ -90,8 +92,10 @@ pub async fn latency(
         procfs::cpu_secs(pid).unwrap_or(f64::NAN),
         batch_totals(http, &env.topology.checkin_queue).await,
     );
+    let stolen = procfs::Stolen::start();
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
     let latencies = arrivals(&published, &mut committed).await?;
+    let stolen_pct = stolen.pct();
     let cpu = procfs::cpu_secs(pid).unwrap_or(f64::NAN) - cpu_before;
     let (messages, count) = batch_totals(http, &env.topology.checkin_queue).await;
     stop(&mut worker).await?;
@@ -99,6 +103,7 @@ pub async fn latency(
     Ok(Latencies {
         cpu_us: cpu * 1e6 / published.len() as f64,
         mean_batch: (messages - batches_before.0) / (count - batches_before.1),
+        stolen_pct,
         ..percentiles(latencies)
     })
 }
@@ -136,10 +141,15 @@ pub async fn broker_latency(
         }
     });
     let channel = env.connection.create_channel().await?;
+    let stolen = procfs::Stolen::start();
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
     let latencies = arrivals(&published, &mut arrived).await?;
+    let stolen_pct = stolen.pct();
     env.drop_all().await;
-    Ok(percentiles(latencies))
+    Ok(Latencies {
+        stolen_pct,
+        ..percentiles(latencies)
+    })
 }
 
 /// Publishes `per_second` checkins for `seconds`, a hundredth of a second's
@@ -201,6 +211,7 @@ fn percentiles(latencies: Vec<(usize, f64)>) -> Latencies {
         last_p50_ms,
         cpu_us: f64::NAN,
         mean_batch: f64::NAN,
+        stolen_pct: f64::NAN,
     }
 }
 

@@ -140,6 +140,10 @@ struct Run {
     /// cores it takes from the broker and the database beside it.
     versions_cpu: procfs::CpuByThread,
     versions_cpu_us: f64,
+    /// Percent of the machine's CPU time its host stole during each phase,
+    /// by phase number ((5)'s are in its [`latency::Latencies`]); NaN where
+    /// not measured.
+    stolen: [f64; 8],
 }
 
 /// One of a run's latency measurements.
@@ -226,17 +230,33 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> anyhow::Result<Run> {
-    let mut run = Run::default();
+    let mut run = Run {
+        stolen: [f64::NAN; 8],
+        ..Run::default()
+    };
     let on = |phase: u8| args.phases.contains(&phase);
     if on(1) {
+        let stolen = procfs::Stolen::start();
         run.broker = phases::broker_limit(limits, Backlog::Checkins, args.messages).await?;
-        eprintln!("  broker limit      {:>9.0} msgs/s", run.broker);
+        run.stolen[1] = stolen.pct();
+        eprintln!(
+            "  broker limit      {:>9.0} msgs/s; {}",
+            run.broker,
+            stolen_note(run.stolen[1])
+        );
     }
     if on(2) {
+        let stolen = procfs::Stolen::start();
         run.database = phases::database_limit(limits, args.messages).await?;
-        eprintln!("  database limit    {:>9.0} msgs/s", run.database);
+        run.stolen[2] = stolen.pct();
+        eprintln!(
+            "  database limit    {:>9.0} msgs/s; {}",
+            run.database,
+            stolen_note(run.stolen[2])
+        );
     }
     if on(3) {
+        let stolen = procfs::Stolen::start();
         let checkins = Backlog::Checkins;
         let drain =
             phases::worker_drain(limits, exe, checkins, args.messages, args.batch_size).await?;
@@ -244,8 +264,9 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         run.cpu_us = drain.cpu_us_per_msg;
         run.cpu_split = drain.cpu_split_us.unwrap_or_default();
         run.resident = drain.resident.map(|r| r.to_string()).unwrap_or_default();
+        run.stolen[3] = stolen.pct();
         eprintln!(
-            "  worker backlog    {:>9.0} msgs/s, {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.0} msgs/batch, peak RSS {:.1} MiB ({})",
+            "  worker backlog    {:>9.0} msgs/s, {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.0} msgs/batch, peak RSS {:.1} MiB ({}); {}",
             run.backlog,
             run.cpu_us,
             run.cpu_split.runtime,
@@ -253,17 +274,25 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
             run.cpu_split.other,
             drain.mean_batch,
             run.rss_mib,
-            run.resident
+            run.resident,
+            stolen_note(run.stolen[3])
         );
     }
     if on(4) {
+        let stolen = procfs::Stolen::start();
         let checkins = Backlog::Checkins;
         run.single = phases::worker_drain(limits, exe, checkins, args.single_messages, 1)
             .await?
             .rate;
-        eprintln!("  worker batch=1    {:>9.0} msgs/s", run.single);
+        run.stolen[4] = stolen.pct();
+        eprintln!(
+            "  worker batch=1    {:>9.0} msgs/s; {}",
+            run.single,
+            stolen_note(run.stolen[4])
+        );
     }
     if on(7) {
+        let stolen = procfs::Stolen::start();
         let versions = Backlog::Versions;
         let drain =
             phases::worker_drain(limits, exe, versions, args.versions, args.batch_size).await?;
@@ -272,8 +301,9 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         run.versions_cpu = drain.cpu_split_us.unwrap_or_default();
         run.versions_broker = phases::broker_limit(limits, versions, args.versions).await?;
         run.versions_database = phases::versions_database_limit(limits, args.versions).await?;
+        run.stolen[7] = stolen.pct();
         eprintln!(
-            "  worker versions   {:>9.0} msgs/s, {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.0} msgs/batch (broker alone {:.0}, database alone {:.0})",
+            "  worker versions   {:>9.0} msgs/s, {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.0} msgs/batch (broker alone {:.0}, database alone {:.0}); {}",
             run.versions,
             run.versions_cpu_us,
             run.versions_cpu.runtime,
@@ -281,7 +311,8 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
             run.versions_cpu.other,
             drain.mean_batch,
             run.versions_broker,
-            run.versions_database
+            run.versions_database,
+            stolen_note(run.stolen[7])
         );
     }
     if on(5) {
@@ -291,8 +322,15 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         ] {
             let l = latency::latency(limits, exe, rate, args.latency_secs).await?;
             eprintln!(
-                "  latency at {rate}/s: p50 {:.1} ms (a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms; {:.1} µs CPU/msg, {:.1} msgs/batch",
-                l.p50_ms, l.first_p50_ms, l.last_p50_ms, l.p99_ms, l.max_ms, l.cpu_us, l.mean_batch
+                "  latency at {rate}/s: p50 {:.1} ms (a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms; {:.1} µs CPU/msg, {:.1} msgs/batch; {}",
+                l.p50_ms,
+                l.first_p50_ms,
+                l.last_p50_ms,
+                l.p99_ms,
+                l.max_ms,
+                l.cpu_us,
+                l.mean_batch,
+                stolen_note(l.stolen_pct)
             );
             *slot = Some(l);
         }
@@ -302,13 +340,23 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         ] {
             let l = latency::broker_latency(limits, rate, args.latency_secs).await?;
             eprintln!(
-                "  broker alone at {rate}/s: p50 {:.1} ms (a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms",
-                l.p50_ms, l.first_p50_ms, l.last_p50_ms, l.p99_ms, l.max_ms
+                "  broker alone at {rate}/s: p50 {:.1} ms (a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms; {}",
+                l.p50_ms,
+                l.first_p50_ms,
+                l.last_p50_ms,
+                l.p99_ms,
+                l.max_ms,
+                stolen_note(l.stolen_pct)
             );
             *slot = Some(l);
         }
     }
     Ok(run)
+}
+
+/// A phase's steal for its progress line.
+fn stolen_note(pct: f64) -> String {
+    format!("{} of the CPU stolen by the host", table::percent(pct))
 }
 
 /// The worker's batch byte bound: WFM_BATCH_BYTES, which the worker inherits

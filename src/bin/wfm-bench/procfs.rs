@@ -82,6 +82,67 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The machine's CPU time so far, from /proc/stat's `cpu` line (ticks, all
+/// cores): in all, and what the hypervisor gave to other guests while this
+/// machine had work to run (steal). A virtual machine whose host is busy
+/// runs the broker, the database and the worker late by that much, so a
+/// phase's steal says how far its figures are the machine's and not theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostCpu {
+    total: u64,
+    steal: u64,
+}
+
+impl HostCpu {
+    pub fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        Self::parse(stat.lines().next()?)
+    }
+
+    /// The aggregate line: user nice system idle iowait irq softirq steal
+    /// (guest time is already counted in user).
+    fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.strip_prefix("cpu ")?.split_whitespace();
+        let mut ticks = [0u64; 8];
+        for tick in &mut ticks {
+            *tick = fields.next()?.parse().ok()?;
+        }
+        Some(HostCpu {
+            total: ticks.iter().sum(),
+            steal: ticks[7],
+        })
+    }
+
+    /// The share of the machine's CPU time stolen between `self` and
+    /// `later`, in percent (NaN if no time passed).
+    pub fn stolen_pct(self, later: Self) -> f64 {
+        let total = later.total.saturating_sub(self.total);
+        let steal = later.steal.saturating_sub(self.steal);
+        if total == 0 {
+            return f64::NAN;
+        }
+        100.0 * steal as f64 / total as f64
+    }
+}
+
+/// Steal from when it was started: see [`HostCpu`].
+pub struct Stolen(Option<HostCpu>);
+
+impl Stolen {
+    pub fn start() -> Self {
+        Stolen(HostCpu::now())
+    }
+
+    /// Percent of the machine's CPU time stolen since [`Stolen::start`]
+    /// (NaN where /proc/stat cannot be read).
+    pub fn pct(&self) -> f64 {
+        match (self.0, HostCpu::now()) {
+            (Some(before), Some(now)) => before.stolen_pct(now),
+            _ => f64::NAN,
+        }
+    }
+}
+
 /// The resident set by kind of mapping, in KiB.
 #[derive(Debug, Default, Clone)]
 pub struct Resident {
@@ -168,6 +229,19 @@ mod tests {
         let odd = "7 (a (b) c) R 1 2 3 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 1 0 0";
         assert_eq!(thread_cpu(odd), Some(("a (b) c", 0.03)));
         assert_eq!(thread_cpu("7 (short) R 1"), None);
+    }
+
+    #[test]
+    fn steal_is_the_share_of_all_cpu_time_between_two_readings() {
+        let before = HostCpu::parse("cpu  204040 0 35869 109206 6370 0 3804 25145 0 0").unwrap();
+        let after = HostCpu::parse("cpu  207403 0 37704 111387 6792 0 4138 26667 0 0").unwrap();
+        // 1,522 of 9,657 ticks.
+        assert!((before.stolen_pct(after) - 15.76).abs() < 0.01);
+        assert!(before.stolen_pct(before).is_nan());
+        // A kernel without the steal field, or a per-core line, is not read.
+        assert_eq!(HostCpu::parse("cpu  1 2 3 4 5 6 7"), None);
+        assert_eq!(HostCpu::parse("cpu0 1 2 3 4 5 6 7 8 0 0"), None);
+        assert!(HostCpu::now().is_some(), "this machine's /proc/stat");
     }
 
     #[test]

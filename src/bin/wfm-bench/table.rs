@@ -163,5 +163,31 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
         "| 3/L | {over_serial:.2} | ≥ 1.3: {} |",
         verdict(over_serial, over_serial >= 1.3)
     );
+    let stolen = |phase: usize| percent(m(&|r| r.stolen[phase]));
+    println!(
+        "| steal: the share of the machine's CPU time its host gave to others during (1) / (2) / (3) / (4) / (7) | {} / {} / {} / {} / {} | |",
+        stolen(1),
+        stolen(2),
+        stolen(3),
+        stolen(4),
+        stolen(7)
+    );
+    let [(low, worker, floor), (high, worker_high, floor_high)] = points;
+    println!(
+        "| steal during (5) at {low}/s / {high}/s; the broker alone at {low}/s / {high}/s | {} / {}; {} / {} | |",
+        percent(lat(worker, |l| l.stolen_pct)),
+        percent(lat(worker_high, |l| l.stolen_pct)),
+        percent(lat(floor, |l| l.stolen_pct)),
+        percent(lat(floor_high, |l| l.stolen_pct)),
+    );
     println!("\nmachine: {}", machine_facts().await);
+}
+
+/// A percentage to one decimal, or a dash where it was not measured.
+pub(crate) fn percent(pct: f64) -> String {
+    if pct.is_finite() {
+        format!("{pct:.1} %")
+    } else {
+        "–".to_owned()
+    }
 }
