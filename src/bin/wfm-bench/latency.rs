@@ -22,9 +22,14 @@ use crate::{
     procfs,
 };
 
+/// The payload is the message id and the row's insert time in microseconds
+/// of the wall clock (`clock_timestamp()`, the time the trigger ran, before
+/// the commit), which the bench compares with the publish time on the same
+/// clock.
 const NOTIFY_ON_COMMIT: &str = "
 CREATE FUNCTION wfm_bench_notify() RETURNS trigger LANGUAGE plpgsql AS
-  $$ BEGIN PERFORM pg_notify('wfm_bench', NEW.message_id); RETURN NULL; END $$;
+  $$ BEGIN PERFORM pg_notify('wfm_bench', NEW.message_id || ' ' ||
+       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint); RETURN NULL; END $$;
 CREATE TRIGGER wfm_bench_notify AFTER INSERT ON clusters_checkins
   FOR EACH ROW EXECUTE FUNCTION wfm_bench_notify();
 LISTEN wfm_bench;";
@@ -42,6 +47,10 @@ pub struct Latencies {
     /// its CPU per checkin over the steady load, and its mean batch.
     pub cpu_us: f64,
     pub mean_batch: f64,
+    /// The median from publish to the row's insert inside the worker's
+    /// transaction (the trigger's clock): publish→commit without the
+    /// commit and the notification's way back (not measured for the broker).
+    pub insert_p50_ms: f64,
     /// Percent of the machine's CPU time its host stole meanwhile.
     pub stolen_pct: f64,
 }
@@ -56,11 +65,19 @@ pub async fn latency(
     app::bootstrap(&env.database(1)).await?;
     let (client, mut connection) = tokio_postgres::connect(&env.db_url(), NoTls).await?;
     let (commits, mut committed) = mpsc::unbounded_channel();
+    let (inserts, mut inserted) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
             if let AsyncMessage::Notification(n) = message {
-                let _ = commits.send((n.payload().to_owned(), Instant::now()));
+                let at = Instant::now();
+                let (id, insert_us) = n.payload().split_once(' ').unwrap_or((n.payload(), ""));
+                // The insert first: once the last commit has arrived, every
+                // insert time is there to read.
+                if let Ok(insert_us) = insert_us.parse::<i64>() {
+                    let _ = inserts.send((id.to_owned(), insert_us));
+                }
+                let _ = commits.send((id.to_owned(), at));
             }
         }
     });
@@ -96,6 +113,12 @@ pub async fn latency(
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
     let latencies = arrivals(&published, &mut committed).await?;
     let stolen_pct = stolen.pct();
+    let mut to_insert = Vec::with_capacity(published.len());
+    while let Ok((id, insert_us)) = inserted.try_recv() {
+        if let Some(sent) = published.get(&id) {
+            to_insert.push((insert_us - sent.wall_us) as f64 / 1000.0);
+        }
+    }
     let cpu = procfs::cpu_secs(pid).unwrap_or(f64::NAN) - cpu_before;
     let (messages, count) = batch_totals(http, &env.topology.checkin_queue).await;
     stop(&mut worker).await?;
@@ -103,6 +126,7 @@ pub async fn latency(
     Ok(Latencies {
         cpu_us: cpu * 1e6 / published.len() as f64,
         mean_batch: (messages - batches_before.0) / (count - batches_before.1),
+        insert_p50_ms: quantiles(to_insert)(0.5),
         stolen_pct,
         ..percentiles(latencies)
     })
@@ -174,7 +198,7 @@ async fn publish_steadily(
     channel: &Channel,
     per_second: usize,
     seconds: u64,
-) -> anyhow::Result<HashMap<String, (Instant, usize)>> {
+) -> anyhow::Result<HashMap<String, Sent>> {
     let total = per_second * seconds as usize;
     let per_tick = per_second / 100;
     let mut published = HashMap::with_capacity(total);
@@ -183,7 +207,12 @@ async fn publish_steadily(
         tick.tick().await;
         for i in start..(start + per_tick).min(total) {
             let (id, body) = (format!("lat-{i}"), payload::checkin(i));
-            published.insert(id.clone(), (Instant::now(), i - start));
+            let sent = Sent {
+                at: Instant::now(),
+                wall_us: wall_clock_us(),
+                place: i - start,
+            };
+            published.insert(id.clone(), sent);
             env.publish(channel, CHECKIN_ROUTING_KEY, &id, body.as_bytes())
                 .await?;
         }
@@ -191,10 +220,26 @@ async fn publish_steadily(
     Ok(published)
 }
 
+/// When a message was published, and its place in its burst.
+struct Sent {
+    at: Instant,
+    /// The same moment on the wall clock, in microseconds since the epoch,
+    /// to compare with PostgreSQL's `clock_timestamp()`.
+    wall_us: i64,
+    place: usize,
+}
+
+fn wall_clock_us() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// Milliseconds from publish to arrival of every message in `published`,
 /// with its place in its burst.
 async fn arrivals(
-    published: &HashMap<String, (Instant, usize)>,
+    published: &HashMap<String, Sent>,
     arrived: &mut mpsc::UnboundedReceiver<(String, Instant)>,
 ) -> anyhow::Result<Vec<(usize, f64)>> {
     let mut latencies = Vec::with_capacity(published.len());
@@ -202,8 +247,9 @@ async fn arrivals(
         let (id, at) = tokio::time::timeout(Duration::from_secs(30), arrived.recv())
             .await?
             .ok_or_else(|| anyhow::anyhow!("arrivals ended"))?;
-        if let Some((sent, place)) = published.get(&id) {
-            latencies.push((*place, at.duration_since(*sent).as_secs_f64() * 1000.0));
+        if let Some(sent) = published.get(&id) {
+            let ms = at.duration_since(sent.at).as_secs_f64() * 1000.0;
+            latencies.push((sent.place, ms));
         }
     }
     Ok(latencies)
@@ -225,6 +271,7 @@ fn percentiles(latencies: Vec<(usize, f64)>) -> Latencies {
         last_p50_ms,
         cpu_us: f64::NAN,
         mean_batch: f64::NAN,
+        insert_p50_ms: f64::NAN,
         stolen_pct: f64::NAN,
     }
 }

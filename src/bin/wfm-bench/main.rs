@@ -322,8 +322,9 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         ] {
             let l = latency::latency(limits, exe, rate, args.latency_secs).await?;
             eprintln!(
-                "  latency at {rate}/s: p50 {:.1} ms (a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms; {:.1} µs CPU/msg, {:.1} msgs/batch; {}",
+                "  latency at {rate}/s: p50 {:.1} ms (to the insert {:.1}; a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms; {:.1} µs CPU/msg, {:.1} msgs/batch; {}",
                 l.p50_ms,
+                l.insert_p50_ms,
                 l.first_p50_ms,
                 l.last_p50_ms,
                 l.p99_ms,

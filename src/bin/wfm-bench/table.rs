@@ -112,6 +112,12 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
             lat(floor, |l| l.last_p50_ms),
         );
     }
+    let [(low, worker, floor), (high, worker_high, floor_high)] = points;
+    println!(
+        "| (5) p50 publish→insert (the row's insert inside the worker's transaction, by PostgreSQL's clock) at {low}/s / {high}/s | {:.1} / {:.1} ms | |",
+        lat(worker, |l| l.insert_p50_ms),
+        lat(worker_high, |l| l.insert_p50_ms),
+    );
     let rss = m(&|r| r.rss_mib);
     println!(
         "| (6) worker peak RSS during (3) | {rss:.1} MiB | ≤ 28 MiB: {} |",
@@ -172,7 +178,6 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
         stolen(4),
         stolen(7)
     );
-    let [(low, worker, floor), (high, worker_high, floor_high)] = points;
     println!(
         "| steal during (5) at {low}/s / {high}/s; the broker alone at {low}/s / {high}/s | {} / {}; {} / {} | |",
         percent(lat(worker, |l| l.stolen_pct)),
