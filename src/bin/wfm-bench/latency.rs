@@ -7,10 +7,22 @@
 //! Its floor, publish→deliver through the broker alone (the same quorum queue
 //! and load, a consumer that only acks), shows how much of it is the worker's.
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::StreamExt;
-use lapin::{Channel, options::BasicAckOptions};
+use lapin::{
+    Channel,
+    options::{BasicAckOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_postgres::{AsyncMessage, NoTls};
 use wfm_worker::{app, broker::CHECKIN_ROUTING_KEY};
@@ -51,6 +63,10 @@ pub struct Latencies {
     /// transaction (the trigger's clock): publish→commit without the
     /// commit and the notification's way back (not measured for the broker).
     pub insert_p50_ms: f64,
+    /// The most messages the queue held ready at once, sampled every 100 ms:
+    /// a consumer that falls behind leaves them there; messages late before
+    /// the queue offers them do not show.
+    pub most_ready: u32,
     /// Percent of the machine's CPU time its host stole meanwhile.
     pub stolen_pct: f64,
 }
@@ -110,8 +126,10 @@ pub async fn latency(
         batch_totals(http, &env.topology.checkin_queue).await,
     );
     let stolen = procfs::Stolen::start();
+    let ready = ReadySampler::start(&env).await?;
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
     let latencies = arrivals(&published, &mut committed).await?;
+    let most_ready = ready.most();
     let stolen_pct = stolen.pct();
     let mut to_insert = Vec::with_capacity(published.len());
     while let Ok((id, insert_us)) = inserted.try_recv() {
@@ -127,6 +145,7 @@ pub async fn latency(
         cpu_us: cpu * 1e6 / published.len() as f64,
         mean_batch: (messages - batches_before.0) / (count - batches_before.1),
         insert_p50_ms: quantiles(to_insert)(0.5),
+        most_ready,
         stolen_pct,
         ..percentiles(latencies)
     })
@@ -163,11 +182,14 @@ pub async fn broker_latency(
     tokio::spawn(ack_what_arrived(to_ack));
     let channel = env.connection.create_channel().await?;
     let stolen = procfs::Stolen::start();
+    let ready = ReadySampler::start(&env).await?;
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
     let latencies = arrivals(&published, &mut arrived).await?;
+    let most_ready = ready.most();
     let stolen_pct = stolen.pct();
     env.drop_all().await;
     Ok(Latencies {
+        most_ready,
         stolen_pct,
         ..percentiles(latencies)
     })
@@ -218,6 +240,47 @@ async fn publish_steadily(
         }
     }
     Ok(published)
+}
+
+/// Samples the checkin queue's ready count on a channel of its own (a
+/// passive declare every 100 ms, which the broker answers from the queue's
+/// own count) until [`ReadySampler::most`].
+struct ReadySampler {
+    most: Arc<AtomicU32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadySampler {
+    async fn start(env: &BenchEnv) -> anyhow::Result<Self> {
+        let channel = env.connection.create_channel().await?;
+        let queue = env.topology.checkin_queue.clone();
+        let most = Arc::new(AtomicU32::new(0));
+        let seen = most.clone();
+        let task = tokio::spawn(async move {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                every.tick().await;
+                let declared = channel
+                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                    .await;
+                match declared {
+                    Ok(queue) => seen.fetch_max(queue.message_count(), Ordering::Relaxed),
+                    Err(_) => return,
+                };
+            }
+        });
+        Ok(ReadySampler { most, task })
+    }
+
+    /// The most seen ready at once; stops sampling.
+    fn most(self) -> u32 {
+        self.task.abort();
+        self.most.load(Ordering::Relaxed)
+    }
 }
 
 /// When a message was published, and its place in its burst.
@@ -272,6 +335,7 @@ fn percentiles(latencies: Vec<(usize, f64)>) -> Latencies {
         cpu_us: f64::NAN,
         mean_batch: f64::NAN,
         insert_p50_ms: f64::NAN,
+        most_ready: 0,
         stolen_pct: f64::NAN,
     }
 }

@@ -322,7 +322,7 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         ] {
             let l = latency::latency(limits, exe, rate, args.latency_secs).await?;
             eprintln!(
-                "  latency at {rate}/s: p50 {:.1} ms (to the insert {:.1}; a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms; {:.1} µs CPU/msg, {:.1} msgs/batch; {}",
+                "  latency at {rate}/s: p50 {:.1} ms (to the insert {:.1}; a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms; {:.1} µs CPU/msg, {:.1} msgs/batch; at most {} ready; {}",
                 l.p50_ms,
                 l.insert_p50_ms,
                 l.first_p50_ms,
@@ -331,6 +331,7 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
                 l.max_ms,
                 l.cpu_us,
                 l.mean_batch,
+                l.most_ready,
                 stolen_note(l.stolen_pct)
             );
             *slot = Some(l);
@@ -341,12 +342,13 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         ] {
             let l = latency::broker_latency(limits, rate, args.latency_secs).await?;
             eprintln!(
-                "  broker alone at {rate}/s: p50 {:.1} ms (a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms; {}",
+                "  broker alone at {rate}/s: p50 {:.1} ms (a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms; at most {} ready; {}",
                 l.p50_ms,
                 l.first_p50_ms,
                 l.last_p50_ms,
                 l.p99_ms,
                 l.max_ms,
+                l.most_ready,
                 stolen_note(l.stolen_pct)
             );
             *slot = Some(l);

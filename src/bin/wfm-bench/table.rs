@@ -118,6 +118,13 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
         lat(worker, |l| l.insert_p50_ms),
         lat(worker_high, |l| l.insert_p50_ms),
     );
+    println!(
+        "| (5) the most messages its queue held ready at once (sampled every 100 ms) at {low}/s / {high}/s; the broker alone at {low}/s / {high}/s | {:.0} / {:.0}; {:.0} / {:.0} | |",
+        lat(worker, |l| f64::from(l.most_ready)),
+        lat(worker_high, |l| f64::from(l.most_ready)),
+        lat(floor, |l| f64::from(l.most_ready)),
+        lat(floor_high, |l| f64::from(l.most_ready)),
+    );
     let rss = m(&|r| r.rss_mib);
     println!(
         "| (6) worker peak RSS during (3) | {rss:.1} MiB | ≤ 28 MiB: {} |",
