@@ -129,7 +129,7 @@ pub async fn latency(
     let ready = ReadySampler::start(&env).await?;
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
     let latencies = arrivals(&published, &mut committed).await?;
-    let most_ready = ready.most();
+    let most_ready = ready.most().await;
     let stolen_pct = stolen.pct();
     let mut to_insert = Vec::with_capacity(published.len());
     while let Ok((id, insert_us)) = inserted.try_recv() {
@@ -185,7 +185,7 @@ pub async fn broker_latency(
     let ready = ReadySampler::start(&env).await?;
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
     let latencies = arrivals(&published, &mut arrived).await?;
-    let most_ready = ready.most();
+    let most_ready = ready.most().await;
     let stolen_pct = stolen.pct();
     env.drop_all().await;
     Ok(Latencies {
@@ -244,9 +244,11 @@ async fn publish_steadily(
 
 /// Samples the checkin queue's ready count on a channel of its own (a
 /// passive declare every 100 ms, which the broker answers from the queue's
-/// own count) until [`ReadySampler::most`].
+/// own count) until [`ReadySampler::most`]. A failed declare ends the
+/// sampling with what it had seen.
 struct ReadySampler {
     most: Arc<AtomicU32>,
+    channel: Channel,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -255,7 +257,7 @@ impl ReadySampler {
         let channel = env.connection.create_channel().await?;
         let queue = env.topology.checkin_queue.clone();
         let most = Arc::new(AtomicU32::new(0));
-        let seen = most.clone();
+        let (seen, sampling) = (most.clone(), channel.clone());
         let task = tokio::spawn(async move {
             let passive = QueueDeclareOptions {
                 passive: true,
@@ -264,7 +266,7 @@ impl ReadySampler {
             let mut every = tokio::time::interval(Duration::from_millis(100));
             loop {
                 every.tick().await;
-                let declared = channel
+                let declared = sampling
                     .queue_declare(queue.as_str().into(), passive, FieldTable::default())
                     .await;
                 match declared {
@@ -273,12 +275,17 @@ impl ReadySampler {
                 };
             }
         });
-        Ok(ReadySampler { most, task })
+        Ok(ReadySampler {
+            most,
+            channel,
+            task,
+        })
     }
 
     /// The most seen ready at once; stops sampling.
-    fn most(self) -> u32 {
+    async fn most(self) -> u32 {
         self.task.abort();
+        let _ = self.channel.close(200, "".into()).await;
         self.most.load(Ordering::Relaxed)
     }
 }
