@@ -132,15 +132,9 @@ impl BenchEnv {
     /// Ready messages in `queue` (unacknowledged ones not counted).
     pub async fn ready(&self, queue: &str) -> anyhow::Result<u32> {
         let channel = self.connection.create_channel().await?;
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let declared = channel
-            .queue_declare(queue.into(), options, FieldTable::default())
-            .await?;
+        let ready = ready_on(&channel, queue).await;
         let _ = channel.close(200, "".into()).await;
-        Ok(declared.message_count())
+        Ok(ready?)
     }
 
     pub async fn drop_all(self) {
@@ -218,4 +212,17 @@ where
         tokio::time::sleep(every).await;
     }
     Ok(())
+}
+
+/// Ready messages in `queue`, by a passive declare on `channel` (which the
+/// broker answers from the queue's own count).
+pub async fn ready_on(channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await?;
+    Ok(declared.message_count())
 }

@@ -18,17 +18,13 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use lapin::{
-    Channel,
-    options::{BasicAckOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::{Channel, options::BasicAckOptions};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_postgres::{AsyncMessage, NoTls};
 use wfm_worker::{app, broker::CHECKIN_ROUTING_KEY};
 
 use crate::{
-    env::BenchEnv,
+    env::{self, BenchEnv},
     payload,
     phases::{Limits, batch_totals, stop, worker_command},
     procfs,
@@ -243,8 +239,7 @@ async fn publish_steadily(
 }
 
 /// Samples the checkin queue's ready count on a channel of its own (a
-/// passive declare every 100 ms, which the broker answers from the queue's
-/// own count) until [`ReadySampler::most`]. A failed declare ends the
+/// passive declare every 100 ms) until [`ReadySampler::most`]. A failed declare ends the
 /// sampling with what it had seen.
 struct ReadySampler {
     most: Arc<AtomicU32>,
@@ -259,20 +254,13 @@ impl ReadySampler {
         let most = Arc::new(AtomicU32::new(0));
         let (seen, sampling) = (most.clone(), channel.clone());
         let task = tokio::spawn(async move {
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
             let mut every = tokio::time::interval(Duration::from_millis(100));
             loop {
                 every.tick().await;
-                let declared = sampling
-                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                    .await;
-                match declared {
-                    Ok(queue) => seen.fetch_max(queue.message_count(), Ordering::Relaxed),
-                    Err(_) => return,
+                let Ok(ready) = env::ready_on(&sampling, &queue).await else {
+                    return;
                 };
+                seen.fetch_max(ready, Ordering::Relaxed);
             }
         });
         Ok(ReadySampler {
