@@ -77,19 +77,13 @@ pub async fn latency(
     app::bootstrap(&env.database(1)).await?;
     let (client, mut connection) = tokio_postgres::connect(&env.db_url(), NoTls).await?;
     let (commits, mut committed) = mpsc::unbounded_channel();
-    let (inserts, mut inserted) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
             if let AsyncMessage::Notification(n) = message {
                 let at = Instant::now();
                 let (id, insert_us) = n.payload().split_once(' ').unwrap_or((n.payload(), ""));
-                // The insert first: once the last commit has arrived, every
-                // insert time is there to read.
-                if let Ok(insert_us) = insert_us.parse::<i64>() {
-                    let _ = inserts.send((id.to_owned(), insert_us));
-                }
-                let _ = commits.send((id.to_owned(), at));
+                let _ = commits.send((id.to_owned(), at, insert_us.parse().ok()));
             }
         }
     });
@@ -124,15 +118,9 @@ pub async fn latency(
     let stolen = procfs::Stolen::start();
     let ready = ReadySampler::start(&env).await?;
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
-    let latencies = arrivals(&published, &mut committed).await?;
+    let (latencies, to_insert) = arrivals(&published, &mut committed).await?;
     let most_ready = ready.most().await;
     let stolen_pct = stolen.pct();
-    let mut to_insert = Vec::with_capacity(published.len());
-    while let Ok((id, insert_us)) = inserted.try_recv() {
-        if let Some(sent) = published.get(&id) {
-            to_insert.push((insert_us - sent.wall_us) as f64 / 1000.0);
-        }
-    }
     let cpu = procfs::cpu_secs(pid).unwrap_or(f64::NAN) - cpu_before;
     let (messages, count) = batch_totals(http, &env.topology.checkin_queue).await;
     stop(&mut worker).await?;
@@ -169,7 +157,7 @@ pub async fn broker_latency(
                 .message_id()
                 .as_ref()
                 .map(|id| id.to_string());
-            let _ = delivered.send((id.unwrap_or_default(), at));
+            let _ = delivered.send((id.unwrap_or_default(), at, None));
             if taken.send(delivery.acker).is_err() {
                 return;
             }
@@ -180,7 +168,7 @@ pub async fn broker_latency(
     let stolen = procfs::Stolen::start();
     let ready = ReadySampler::start(&env).await?;
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
-    let latencies = arrivals(&published, &mut arrived).await?;
+    let (latencies, _) = arrivals(&published, &mut arrived).await?;
     let most_ready = ready.most().await;
     let stolen_pct = stolen.pct();
     env.drop_all().await;
@@ -294,23 +282,30 @@ fn wall_clock_us() -> i64 {
     i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// A message seen at the end of its way: its id, when, and (for a commit)
+/// when its row was inserted, in microseconds of the wall clock.
+type Arrival = (String, Instant, Option<i64>);
+
 /// Milliseconds from publish to arrival of every message in `published`,
-/// with its place in its burst.
+/// with its place in its burst; and from publish to the insert, where the
+/// arrivals say when that was.
 async fn arrivals(
     published: &HashMap<String, Sent>,
-    arrived: &mut mpsc::UnboundedReceiver<(String, Instant)>,
-) -> anyhow::Result<Vec<(usize, f64)>> {
+    arrived: &mut mpsc::UnboundedReceiver<Arrival>,
+) -> anyhow::Result<(Vec<(usize, f64)>, Vec<f64>)> {
     let mut latencies = Vec::with_capacity(published.len());
+    let mut to_insert = Vec::new();
     while latencies.len() < published.len() {
-        let (id, at) = tokio::time::timeout(Duration::from_secs(30), arrived.recv())
+        let (id, at, inserted_us) = tokio::time::timeout(Duration::from_secs(30), arrived.recv())
             .await?
             .ok_or_else(|| anyhow::anyhow!("arrivals ended"))?;
         if let Some(sent) = published.get(&id) {
             let ms = at.duration_since(sent.at).as_secs_f64() * 1000.0;
             latencies.push((sent.place, ms));
+            to_insert.extend(inserted_us.map(|us| (us - sent.wall_us) as f64 / 1000.0));
         }
     }
-    Ok(latencies)
+    Ok((latencies, to_insert))
 }
 
 fn percentiles(latencies: Vec<(usize, f64)>) -> Latencies {
