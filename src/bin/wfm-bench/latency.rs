@@ -63,8 +63,8 @@ pub struct Latencies {
     /// a consumer that falls behind leaves them there; messages late before
     /// the queue offers them do not show.
     pub most_ready: u32,
-    /// Percent of the machine's CPU time its host stole meanwhile.
-    pub stolen_pct: f64,
+    /// How busy the machine was meanwhile, and what its host stole.
+    pub host: procfs::HostLoad,
 }
 
 pub async fn latency(
@@ -115,12 +115,12 @@ pub async fn latency(
         procfs::cpu_secs(pid).unwrap_or(f64::NAN),
         batch_totals(http, &env.topology.checkin_queue).await,
     );
-    let stolen = procfs::Stolen::start();
+    let host = procfs::HostWatch::start();
     let ready = ReadySampler::start(&env).await?;
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
     let (latencies, to_insert) = arrivals(&published, &mut committed).await?;
     let most_ready = ready.most().await;
-    let stolen_pct = stolen.pct();
+    let host = host.load();
     let cpu = procfs::cpu_secs(pid).unwrap_or(f64::NAN) - cpu_before;
     let (messages, count) = batch_totals(http, &env.topology.checkin_queue).await;
     stop(&mut worker).await?;
@@ -130,7 +130,7 @@ pub async fn latency(
         mean_batch: (messages - batches_before.0) / (count - batches_before.1),
         insert_p50_ms: quantiles(to_insert)(0.5),
         most_ready,
-        stolen_pct,
+        host,
         ..percentiles(latencies)
     })
 }
@@ -165,16 +165,16 @@ pub async fn broker_latency(
     });
     tokio::spawn(ack_what_arrived(to_ack));
     let channel = env.connection.create_channel().await?;
-    let stolen = procfs::Stolen::start();
+    let host = procfs::HostWatch::start();
     let ready = ReadySampler::start(&env).await?;
     let published = publish_steadily(&env, &channel, per_second, seconds).await?;
     let (latencies, _) = arrivals(&published, &mut arrived).await?;
     let most_ready = ready.most().await;
-    let stolen_pct = stolen.pct();
+    let host = host.load();
     env.drop_all().await;
     Ok(Latencies {
         most_ready,
-        stolen_pct,
+        host,
         ..percentiles(latencies)
     })
 }
@@ -326,7 +326,7 @@ fn percentiles(latencies: Vec<(usize, f64)>) -> Latencies {
         mean_batch: f64::NAN,
         insert_p50_ms: f64::NAN,
         most_ready: 0,
-        stolen_pct: f64::NAN,
+        host: procfs::HostLoad::UNMEASURED,
     }
 }
 

@@ -143,7 +143,7 @@ struct Run {
     /// Percent of the machine's CPU time its host stole during each phase,
     /// by phase number ((5)'s are in its [`latency::Latencies`]); NaN where
     /// not measured.
-    stolen: [f64; 8],
+    host: [procfs::HostLoad; 8],
 }
 
 /// One of a run's latency measurements.
@@ -230,33 +230,30 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> anyhow::Result<Run> {
-    let mut run = Run {
-        stolen: [f64::NAN; 8],
-        ..Run::default()
-    };
+    let mut run = Run::default();
     let on = |phase: u8| args.phases.contains(&phase);
     if on(1) {
-        let stolen = procfs::Stolen::start();
+        let host = procfs::HostWatch::start();
         run.broker = phases::broker_limit(limits, Backlog::Checkins, args.messages).await?;
-        run.stolen[1] = stolen.pct();
+        run.host[1] = host.load();
         eprintln!(
             "  broker limit      {:>9.0} msgs/s; {}",
             run.broker,
-            stolen_note(run.stolen[1])
+            host_note(run.host[1])
         );
     }
     if on(2) {
-        let stolen = procfs::Stolen::start();
+        let host = procfs::HostWatch::start();
         run.database = phases::database_limit(limits, args.messages).await?;
-        run.stolen[2] = stolen.pct();
+        run.host[2] = host.load();
         eprintln!(
             "  database limit    {:>9.0} msgs/s; {}",
             run.database,
-            stolen_note(run.stolen[2])
+            host_note(run.host[2])
         );
     }
     if on(3) {
-        let stolen = procfs::Stolen::start();
+        let host = procfs::HostWatch::start();
         let checkins = Backlog::Checkins;
         let drain =
             phases::worker_drain(limits, exe, checkins, args.messages, args.batch_size).await?;
@@ -264,7 +261,7 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         run.cpu_us = drain.cpu_us_per_msg;
         run.cpu_split = drain.cpu_split_us.unwrap_or_default();
         run.resident = drain.resident.map(|r| r.to_string()).unwrap_or_default();
-        run.stolen[3] = stolen.pct();
+        run.host[3] = host.load();
         eprintln!(
             "  worker backlog    {:>9.0} msgs/s, {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.0} msgs/batch, peak RSS {:.1} MiB ({}); {}",
             run.backlog,
@@ -275,24 +272,24 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
             drain.mean_batch,
             run.rss_mib,
             run.resident,
-            stolen_note(run.stolen[3])
+            host_note(run.host[3])
         );
     }
     if on(4) {
-        let stolen = procfs::Stolen::start();
+        let host = procfs::HostWatch::start();
         let checkins = Backlog::Checkins;
         run.single = phases::worker_drain(limits, exe, checkins, args.single_messages, 1)
             .await?
             .rate;
-        run.stolen[4] = stolen.pct();
+        run.host[4] = host.load();
         eprintln!(
             "  worker batch=1    {:>9.0} msgs/s; {}",
             run.single,
-            stolen_note(run.stolen[4])
+            host_note(run.host[4])
         );
     }
     if on(7) {
-        let stolen = procfs::Stolen::start();
+        let host = procfs::HostWatch::start();
         let versions = Backlog::Versions;
         let drain =
             phases::worker_drain(limits, exe, versions, args.versions, args.batch_size).await?;
@@ -301,7 +298,7 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         run.versions_cpu = drain.cpu_split_us.unwrap_or_default();
         run.versions_broker = phases::broker_limit(limits, versions, args.versions).await?;
         run.versions_database = phases::versions_database_limit(limits, args.versions).await?;
-        run.stolen[7] = stolen.pct();
+        run.host[7] = host.load();
         eprintln!(
             "  worker versions   {:>9.0} msgs/s, {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.0} msgs/batch (broker alone {:.0}, database alone {:.0}); {}",
             run.versions,
@@ -312,7 +309,7 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
             drain.mean_batch,
             run.versions_broker,
             run.versions_database,
-            stolen_note(run.stolen[7])
+            host_note(run.host[7])
         );
     }
     if on(5) {
@@ -332,7 +329,7 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
                 l.cpu_us,
                 l.mean_batch,
                 l.most_ready,
-                stolen_note(l.stolen_pct)
+                host_note(l.host)
             );
             *slot = Some(l);
         }
@@ -349,7 +346,7 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
                 l.p99_ms,
                 l.max_ms,
                 l.most_ready,
-                stolen_note(l.stolen_pct)
+                host_note(l.host)
             );
             *slot = Some(l);
         }
@@ -357,9 +354,13 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
     Ok(run)
 }
 
-/// A phase's steal for its progress line.
-fn stolen_note(pct: f64) -> String {
-    format!("{} of the CPU stolen by the host", table::percent(pct))
+/// A phase's load on the machine for its progress line.
+fn host_note(load: procfs::HostLoad) -> String {
+    format!(
+        "the machine {} busy, {} of its CPU stolen by the host",
+        table::percent(load.busy_pct),
+        table::percent(load.stolen_pct)
+    )
 }
 
 /// The worker's batch byte bound: WFM_BATCH_BYTES, which the worker inherits

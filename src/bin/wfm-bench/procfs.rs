@@ -83,13 +83,16 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// The machine's CPU time so far, from /proc/stat's `cpu` line (ticks, all
-/// cores): in all, and what the hypervisor gave to other guests while this
-/// machine had work to run (steal). A virtual machine whose host is busy
-/// runs the broker, the database and the worker late by that much, so a
-/// phase's steal says how far its figures are the machine's and not theirs.
+/// cores): in all, idle (waiting for I/O included), and what the hypervisor
+/// gave to other guests while this machine had work to run (steal). A
+/// virtual machine whose host is busy runs the broker, the database and the
+/// worker late by that much, so a phase's steal says how far its figures are
+/// the machine's and not theirs; and a machine that is busy nearly all the
+/// time has no CPU to spare for catching up, whoever needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostCpu {
     total: u64,
+    idle: u64,
     steal: u64,
 }
 
@@ -109,36 +112,64 @@ impl HostCpu {
         }
         Some(HostCpu {
             total: ticks.iter().sum(),
+            idle: ticks[3] + ticks[4],
             steal: ticks[7],
         })
     }
 
-    /// The share of the machine's CPU time stolen between `self` and
-    /// `later`, in percent (NaN if no time passed).
-    pub fn stolen_pct(self, later: Self) -> f64 {
+    /// How the machine's CPU time between `self` and `later` was spent.
+    pub fn load_until(self, later: Self) -> HostLoad {
         let total = later.total.saturating_sub(self.total);
-        let steal = later.steal.saturating_sub(self.steal);
         if total == 0 {
-            return f64::NAN;
+            return HostLoad::UNMEASURED;
         }
-        100.0 * steal as f64 / total as f64
+        let idle = later.idle.saturating_sub(self.idle);
+        let steal = later.steal.saturating_sub(self.steal);
+        let pct = |ticks: u64| 100.0 * ticks as f64 / total as f64;
+        HostLoad {
+            busy_pct: pct(total.saturating_sub(idle + steal)),
+            stolen_pct: pct(steal),
+        }
     }
 }
 
-/// Steal from when it was started: see [`HostCpu`].
-pub struct Stolen(Option<HostCpu>);
+/// The machine's CPU time over a phase, in percent of all of it: spent
+/// running anything of this machine's (the broker, the database, the worker
+/// and this benchmark alike), and stolen by the host. NaN where it was not
+/// measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostLoad {
+    pub busy_pct: f64,
+    pub stolen_pct: f64,
+}
 
-impl Stolen {
+impl HostLoad {
+    pub const UNMEASURED: HostLoad = HostLoad {
+        busy_pct: f64::NAN,
+        stolen_pct: f64::NAN,
+    };
+}
+
+impl Default for HostLoad {
+    fn default() -> Self {
+        Self::UNMEASURED
+    }
+}
+
+/// The machine's load from when it was started: see [`HostCpu`].
+pub struct HostWatch(Option<HostCpu>);
+
+impl HostWatch {
     pub fn start() -> Self {
-        Stolen(HostCpu::now())
+        HostWatch(HostCpu::now())
     }
 
-    /// Percent of the machine's CPU time stolen since [`Stolen::start`]
-    /// (NaN where /proc/stat cannot be read).
-    pub fn pct(&self) -> f64 {
+    /// The machine's load since [`HostWatch::start`] (unmeasured where
+    /// /proc/stat cannot be read).
+    pub fn load(&self) -> HostLoad {
         match (self.0, HostCpu::now()) {
-            (Some(before), Some(now)) => before.stolen_pct(now),
-            _ => f64::NAN,
+            (Some(before), Some(now)) => before.load_until(now),
+            _ => HostLoad::UNMEASURED,
         }
     }
 }
@@ -232,12 +263,15 @@ mod tests {
     }
 
     #[test]
-    fn steal_is_the_share_of_all_cpu_time_between_two_readings() {
+    fn busy_and_steal_are_shares_of_all_cpu_time_between_two_readings() {
         let before = HostCpu::parse("cpu  204040 0 35869 109206 6370 0 3804 25145 0 0").unwrap();
         let after = HostCpu::parse("cpu  207403 0 37704 111387 6792 0 4138 26667 0 0").unwrap();
-        // 1,522 of 9,657 ticks.
-        assert!((before.stolen_pct(after) - 15.76).abs() < 0.01);
-        assert!(before.stolen_pct(before).is_nan());
+        let load = before.load_until(after);
+        // Of 9,657 ticks: 1,522 stolen; 2,181 idle and 422 waiting for I/O.
+        assert!((load.stolen_pct - 15.76).abs() < 0.01, "{load:?}");
+        assert!((load.busy_pct - 57.28).abs() < 0.01, "{load:?}");
+        let none = before.load_until(before);
+        assert!(none.busy_pct.is_nan() && none.stolen_pct.is_nan());
         // A kernel without the steal field, or a per-core line, is not read.
         assert_eq!(HostCpu::parse("cpu  1 2 3 4 5 6 7"), None);
         assert_eq!(HostCpu::parse("cpu0 1 2 3 4 5 6 7 8 0 0"), None);

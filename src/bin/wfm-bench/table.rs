@@ -176,7 +176,23 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
         "| 3/L | {over_serial:.2} | ≥ 1.3: {} |",
         verdict(over_serial, over_serial >= 1.3)
     );
-    let stolen = |phase: usize| percent(m(&|r| r.stolen[phase]));
+    let busy = |phase: usize| percent(m(&|r| r.host[phase].busy_pct));
+    println!(
+        "| busy: the share of the machine's CPU time spent running anything (broker, database, worker and this benchmark) during (1) / (2) / (3) / (4) / (7) | {} / {} / {} / {} / {} | |",
+        busy(1),
+        busy(2),
+        busy(3),
+        busy(4),
+        busy(7)
+    );
+    println!(
+        "| busy during (5) at {low}/s / {high}/s; the broker alone at {low}/s / {high}/s | {} / {}; {} / {} | |",
+        percent(lat(worker, |l| l.host.busy_pct)),
+        percent(lat(worker_high, |l| l.host.busy_pct)),
+        percent(lat(floor, |l| l.host.busy_pct)),
+        percent(lat(floor_high, |l| l.host.busy_pct)),
+    );
+    let stolen = |phase: usize| percent(m(&|r| r.host[phase].stolen_pct));
     println!(
         "| steal: the share of the machine's CPU time its host gave to others during (1) / (2) / (3) / (4) / (7) | {} / {} / {} / {} / {} | |",
         stolen(1),
@@ -187,10 +203,10 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
     );
     println!(
         "| steal during (5) at {low}/s / {high}/s; the broker alone at {low}/s / {high}/s | {} / {}; {} / {} | |",
-        percent(lat(worker, |l| l.stolen_pct)),
-        percent(lat(worker_high, |l| l.stolen_pct)),
-        percent(lat(floor, |l| l.stolen_pct)),
-        percent(lat(floor_high, |l| l.stolen_pct)),
+        percent(lat(worker, |l| l.host.stolen_pct)),
+        percent(lat(worker_high, |l| l.host.stolen_pct)),
+        percent(lat(floor, |l| l.host.stolen_pct)),
+        percent(lat(floor_high, |l| l.host.stolen_pct)),
     );
     println!("\nmachine: {}", machine_facts().await);
 }
