@@ -140,9 +140,9 @@ struct Run {
     /// cores it takes from the broker and the database beside it.
     versions_cpu: procfs::CpuByThread,
     versions_cpu_us: f64,
-    /// Percent of the machine's CPU time its host stole during each phase,
-    /// by phase number ((5)'s are in its [`latency::Latencies`]); NaN where
-    /// not measured.
+    /// How busy the machine was, and what its host stole, during each
+    /// phase, by phase number ((5)'s are in its [`latency::Latencies`]);
+    /// unmeasured (NaN) where a phase did not run.
     host: [procfs::HostLoad; 8],
 }
 
