@@ -54,6 +54,8 @@ pub struct Latencies {
     /// What the latency cost the worker (not measured for the broker alone):
     /// its CPU per checkin over the steady load, and its mean batch.
     pub cpu_us: f64,
+    /// Its context switches (all its threads) per checkin over the load.
+    pub switches: f64,
     pub mean_batch: f64,
     /// The median from publish to the row's insert inside the worker's
     /// transaction (the trigger's clock): publish→commit without the
@@ -111,8 +113,9 @@ pub async fn latency(
     .await?;
     tokio::time::timeout(Duration::from_secs(60), committed.recv()).await?;
 
-    let (cpu_before, batches_before) = (
+    let (cpu_before, switches_before, batches_before) = (
         procfs::cpu_secs(pid).unwrap_or(f64::NAN),
+        switches(pid),
         batch_totals(http, &env.topology.checkin_queue).await,
     );
     let host = procfs::HostWatch::start();
@@ -122,11 +125,13 @@ pub async fn latency(
     let most_ready = ready.most().await;
     let host = host.load();
     let cpu = procfs::cpu_secs(pid).unwrap_or(f64::NAN) - cpu_before;
+    let switched = switches(pid) - switches_before;
     let (messages, count) = batch_totals(http, &env.topology.checkin_queue).await;
     stop(&mut worker).await?;
     env.drop_all().await;
     Ok(Latencies {
         cpu_us: cpu * 1e6 / published.len() as f64,
+        switches: switched / published.len() as f64,
         mean_batch: (messages - batches_before.0) / (count - batches_before.1),
         insert_p50_ms: quantiles(to_insert)(0.5),
         most_ready,
@@ -323,11 +328,17 @@ fn percentiles(latencies: Vec<(usize, f64)>) -> Latencies {
         first_p50_ms,
         last_p50_ms,
         cpu_us: f64::NAN,
+        switches: f64::NAN,
         mean_batch: f64::NAN,
         insert_p50_ms: f64::NAN,
         most_ready: 0,
         host: procfs::HostLoad::UNMEASURED,
     }
+}
+
+/// The worker's context switches so far (NaN if /proc cannot tell).
+fn switches(pid: u32) -> f64 {
+    procfs::context_switches(pid).map_or(f64::NAN, |n| n as f64)
 }
 
 /// The `q`-quantiles of `values` (NaN if there are none).

@@ -129,6 +129,8 @@ struct Run {
     floor_high: Option<latency::Latencies>,
     rss_mib: f64,
     cpu_us: f64,
+    /// The worker's context switches per stored checkin in (3).
+    switches: f64,
     /// `cpu_us` by kind of thread.
     cpu_split: procfs::CpuByThread,
     resident: String,
@@ -259,16 +261,18 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
             phases::worker_drain(limits, exe, checkins, args.messages, args.batch_size).await?;
         (run.backlog, run.rss_mib) = (drain.rate, drain.peak_rss_kib as f64 / 1024.0);
         run.cpu_us = drain.cpu_us_per_msg;
+        run.switches = drain.switches_per_msg;
         run.cpu_split = drain.cpu_split_us.unwrap_or_default();
         run.resident = drain.resident.map(|r| r.to_string()).unwrap_or_default();
         run.host[3] = host.load();
         eprintln!(
-            "  worker backlog    {:>9.0} msgs/s, {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.0} msgs/batch, peak RSS {:.1} MiB ({}); {}",
+            "  worker backlog    {:>9.0} msgs/s, {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.2} context switches/msg, {:.0} msgs/batch, peak RSS {:.1} MiB ({}); {}",
             run.backlog,
             run.cpu_us,
             run.cpu_split.runtime,
             run.cpu_split.amqp_io,
             run.cpu_split.other,
+            run.switches,
             drain.mean_batch,
             run.rss_mib,
             run.resident,
@@ -319,7 +323,7 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         ] {
             let l = latency::latency(limits, exe, rate, args.latency_secs).await?;
             eprintln!(
-                "  latency at {rate}/s: p50 {:.1} ms (to the insert {:.1}; a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms; {:.1} µs CPU/msg, {:.1} msgs/batch; at most {} ready; {}",
+                "  latency at {rate}/s: p50 {:.1} ms (to the insert {:.1}; a burst's first {:.1}, last {:.1}), p99 {:.1} ms, max {:.1} ms; {:.1} µs CPU/msg, {:.2} context switches/msg, {:.1} msgs/batch; at most {} ready; {}",
                 l.p50_ms,
                 l.insert_p50_ms,
                 l.first_p50_ms,
@@ -327,6 +331,7 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
                 l.p99_ms,
                 l.max_ms,
                 l.cpu_us,
+                l.switches,
                 l.mean_batch,
                 l.most_ready,
                 host_note(l.host)

@@ -178,6 +178,9 @@ pub struct Drain {
     pub cpu_us_per_msg: f64,
     /// The same by kind of thread (µs per message), read at the same time.
     pub cpu_split_us: Option<procfs::CpuByThread>,
+    /// The worker's context switches (all its threads) per stored message,
+    /// from spawn to the last row committed.
+    pub switches_per_msg: f64,
     /// The resident set at the end of the drain, by kind.
     pub resident: Option<procfs::Resident>,
     /// Messages per batch written, on average (from the worker's metrics).
@@ -291,6 +294,8 @@ pub async fn worker_drain_with(
     let us_per_msg = 1e6 / count as f64;
     let cpu_us_per_msg = procfs::cpu_secs(pid).unwrap_or(0.0) * us_per_msg;
     let cpu_split_us = procfs::cpu_by_thread(pid).map(|split| split.scaled(us_per_msg));
+    let switches_per_msg =
+        procfs::context_switches(pid).map_or(f64::NAN, |n| n as f64) / count as f64;
     let peak_rss_kib = procfs::peak_rss_kib(pid).unwrap_or_default();
     let resident = procfs::resident(pid, exe);
     let mean_batch = mean_batch(http, &queue).await;
@@ -309,6 +314,7 @@ pub async fn worker_drain_with(
         peak_rss_kib,
         cpu_us_per_msg,
         cpu_split_us,
+        switches_per_msg,
         resident,
         mean_batch,
     })

@@ -71,6 +71,30 @@ fn utime_stime(rest: &str) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SECOND)
 }
 
+/// Context switches of the threads of `pid` alive when it is read,
+/// voluntary (a thread that waits: for a socket, a lock, more work) and not
+/// (preempted), from /proc/<pid>/task/*/status. Each is a thread put to
+/// sleep or woken, the work a message costs beyond its own at low load.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let mut switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        switches += switches_in(&status).unwrap_or(0);
+    }
+    Some(switches)
+}
+
+/// Voluntary + involuntary context switches from a /proc status file.
+fn switches_in(status: &str) -> Option<u64> {
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].trim().parse().ok()
+    };
+    Some(field("voluntary_ctxt_switches:")? + field("nonvoluntary_ctxt_switches:")?)
+}
+
 /// VmHWM: the process's peak resident set, in KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:")
@@ -260,6 +284,21 @@ mod tests {
         let odd = "7 (a (b) c) R 1 2 3 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 1 0 0";
         assert_eq!(thread_cpu(odd), Some(("a (b) c", 0.03)));
         assert_eq!(thread_cpu("7 (short) R 1"), None);
+    }
+
+    #[test]
+    fn context_switches_are_the_voluntary_and_involuntary_ones_together() {
+        let status = "Name:\tlapin-io-loop\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t8444\nnonvoluntary_ctxt_switches:\t3394\n";
+        assert_eq!(switches_in(status), Some(11_838));
+        assert_eq!(switches_in("Name:\tx\nvoluntary_ctxt_switches:\t1\n"), None);
+        // This thread's own file (other tests' threads come and go): a sleep
+        // is a voluntary switch.
+        let mine = || switches_in(&std::fs::read_to_string("/proc/thread-self/status").unwrap());
+        let before = mine().expect("this thread's status");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let after = mine().expect("this thread's status");
+        assert!(after > before, "{before} then {after}");
+        assert!(context_switches(std::process::id()).is_some());
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
         m(&|r| r.cpu_split.other)
     );
     println!(
+        "| (3) the worker's context switches (all its threads, voluntary and not) per stored checkin | {:.2} | |",
+        m(&|r| r.switches)
+    );
+    println!(
         "| (4) worker, batch size 1, {} checkins | {:.0} msgs/s | |",
         args.single_messages,
         m(&|r| r.single)
@@ -89,8 +93,9 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
             args.latency_secs
         );
         println!(
-            "| (5) at {rate}/s, the worker's CPU per checkin / its mean batch | {:.1} µs / {:.1} msgs | |",
+            "| (5) at {rate}/s, the worker's CPU per checkin / its context switches per checkin / its mean batch | {:.1} µs / {:.2} / {:.1} msgs | |",
             lat(worker, |l| l.cpu_us),
+            lat(worker, |l| l.switches),
             lat(worker, |l| l.mean_batch),
         );
     }
