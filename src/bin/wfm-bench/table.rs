@@ -2,7 +2,7 @@
 //! medians of the runs, ratios taken within each run, and each target's
 //! verdict.
 
-use crate::{Args, Measured, Run, latency, machine_facts};
+use crate::{Args, Measured, Run, latency, machine_facts, procfs::HostLoad};
 
 fn median(runs: &[Run], field: impl Fn(&Run) -> f64) -> f64 {
     let mut values: Vec<f64> = runs.iter().map(field).collect();
@@ -181,40 +181,45 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
         "| 3/L | {over_serial:.2} | ≥ 1.3: {} |",
         verdict(over_serial, over_serial >= 1.3)
     );
-    let busy = |phase: usize| percent(m(&|r| r.host[phase].busy_pct));
-    println!(
-        "| busy: the share of the machine's CPU time spent running anything (broker, database, worker and this benchmark) during (1) / (2) / (3) / (4) / (7) | {} / {} / {} / {} / {} | |",
-        busy(1),
-        busy(2),
-        busy(3),
-        busy(4),
-        busy(7)
-    );
-    println!(
-        "| busy during (5) at {low}/s / {high}/s; the broker alone at {low}/s / {high}/s | {} / {}; {} / {} | |",
-        percent(lat(worker, |l| l.host.busy_pct)),
-        percent(lat(worker_high, |l| l.host.busy_pct)),
-        percent(lat(floor, |l| l.host.busy_pct)),
-        percent(lat(floor_high, |l| l.host.busy_pct)),
-    );
-    let stolen = |phase: usize| percent(m(&|r| r.host[phase].stolen_pct));
-    println!(
-        "| steal: the share of the machine's CPU time its host gave to others during (1) / (2) / (3) / (4) / (7) | {} / {} / {} / {} / {} | |",
-        stolen(1),
-        stolen(2),
-        stolen(3),
-        stolen(4),
-        stolen(7)
-    );
-    println!(
-        "| steal during (5) at {low}/s / {high}/s; the broker alone at {low}/s / {high}/s | {} / {}; {} / {} | |",
-        percent(lat(worker, |l| l.host.stolen_pct)),
-        percent(lat(worker_high, |l| l.host.stolen_pct)),
-        percent(lat(floor, |l| l.host.stolen_pct)),
-        percent(lat(floor_high, |l| l.host.stolen_pct)),
-    );
+    // The machine's load, two rows for each share: the main phases, and
+    // (5)'s four loads.
+    let shares: [(&str, &str, Share); 2] = [
+        (
+            "busy",
+            "the share of the machine's CPU time spent running anything (broker, database, worker and this benchmark)",
+            |h| h.busy_pct,
+        ),
+        (
+            "steal",
+            "the share of the machine's CPU time its host gave to others",
+            |h| h.stolen_pct,
+        ),
+    ];
+    for (share, what, pick) in shares {
+        let phase = |p: usize| percent(m(&|r| pick(r.host[p])));
+        let load =
+            |which: Measured| percent(m(&|r| which(r).as_ref().map_or(f64::NAN, |l| pick(l.host))));
+        println!(
+            "| {share}: {what} during (1) / (2) / (3) / (4) / (7) | {} / {} / {} / {} / {} | |",
+            phase(1),
+            phase(2),
+            phase(3),
+            phase(4),
+            phase(7)
+        );
+        println!(
+            "| {share} during (5) at {low}/s / {high}/s; the broker alone at {low}/s / {high}/s | {} / {}; {} / {} | |",
+            load(worker),
+            load(worker_high),
+            load(floor),
+            load(floor_high),
+        );
+    }
     println!("\nmachine: {}", machine_facts().await);
 }
+
+/// One share of a phase's [`HostLoad`].
+type Share = fn(HostLoad) -> f64;
 
 /// A percentage to one decimal, or a dash where it was not measured.
 pub(crate) fn percent(pct: f64) -> String {
