@@ -115,7 +115,7 @@ pub async fn latency(
 
     let (cpu_before, switches_before, batches_before) = (
         procfs::cpu_secs(pid).unwrap_or(f64::NAN),
-        switches(pid),
+        procfs::context_switches(pid).unwrap_or(f64::NAN),
         batch_totals(http, &env.topology.checkin_queue).await,
     );
     let host = procfs::HostWatch::start();
@@ -125,7 +125,7 @@ pub async fn latency(
     let most_ready = ready.most().await;
     let host = host.load();
     let cpu = procfs::cpu_secs(pid).unwrap_or(f64::NAN) - cpu_before;
-    let switched = switches(pid) - switches_before;
+    let switched = procfs::context_switches(pid).unwrap_or(f64::NAN) - switches_before;
     let (messages, count) = batch_totals(http, &env.topology.checkin_queue).await;
     stop(&mut worker).await?;
     env.drop_all().await;
@@ -334,11 +334,6 @@ fn percentiles(latencies: Vec<(usize, f64)>) -> Latencies {
         most_ready: 0,
         host: procfs::HostLoad::UNMEASURED,
     }
-}
-
-/// The worker's context switches so far (NaN if /proc cannot tell).
-fn switches(pid: u32) -> f64 {
-    procfs::context_switches(pid).map_or(f64::NAN, |n| n as f64)
 }
 
 /// The `q`-quantiles of `values` (NaN if there are none).

@@ -294,8 +294,7 @@ pub async fn worker_drain_with(
     let us_per_msg = 1e6 / count as f64;
     let cpu_us_per_msg = procfs::cpu_secs(pid).unwrap_or(0.0) * us_per_msg;
     let cpu_split_us = procfs::cpu_by_thread(pid).map(|split| split.scaled(us_per_msg));
-    let switches_per_msg =
-        procfs::context_switches(pid).map_or(f64::NAN, |n| n as f64) / count as f64;
+    let switches_per_msg = procfs::context_switches(pid).unwrap_or(f64::NAN) / count as f64;
     let peak_rss_kib = procfs::peak_rss_kib(pid).unwrap_or_default();
     let resident = procfs::resident(pid, exe);
     let mean_batch = mean_batch(http, &queue).await;

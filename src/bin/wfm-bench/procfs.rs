@@ -75,7 +75,8 @@ fn utime_stime(rest: &str) -> Option<f64> {
 /// voluntary (a thread that waits: for a socket, a lock, more work) and not
 /// (preempted), from /proc/<pid>/task/*/status. Each is a thread put to
 /// sleep or woken, the work a message costs beyond its own at low load.
-pub fn context_switches(pid: u32) -> Option<u64> {
+/// A count, as `f64` for figures per message (as [`cpu_secs`]).
+pub fn context_switches(pid: u32) -> Option<f64> {
     let mut switches = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
@@ -83,7 +84,7 @@ pub fn context_switches(pid: u32) -> Option<u64> {
         };
         switches += switches_in(&status).unwrap_or(0);
     }
-    Some(switches)
+    Some(switches as f64)
 }
 
 /// Voluntary + involuntary context switches from a /proc status file.
