@@ -89,11 +89,10 @@ pub fn context_switches(pid: u32) -> Option<f64> {
 
 /// Voluntary + involuntary context switches from a /proc status file.
 fn switches_in(status: &str) -> Option<u64> {
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        line[name.len()..].trim().parse().ok()
-    };
-    Some(field("voluntary_ctxt_switches:")? + field("nonvoluntary_ctxt_switches:")?)
+    Some(
+        status_field(status, "voluntary_ctxt_switches:")?
+            + status_field(status, "nonvoluntary_ctxt_switches:")?,
+    )
 }
 
 /// VmHWM: the process's peak resident set, in KiB.
@@ -103,6 +102,12 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field(&status, field)
+}
+
+/// The number after `field` (its name with the colon) in a /proc status
+/// file; a unit after it (`kB`) is left out.
+fn status_field(status: &str, field: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
