@@ -120,6 +120,8 @@ struct Run {
     broker: f64,
     database: f64,
     backlog: f64,
+    /// (3) split at its first row stored; (7)'s in `versions_start`.
+    backlog_start: phases::Start,
     single: f64,
     /// Latency at the offered load, and at ten times it.
     low: Option<latency::Latencies>,
@@ -135,6 +137,7 @@ struct Run {
     cpu_split: procfs::CpuByThread,
     resident: String,
     versions: f64,
+    versions_start: phases::Start,
     /// (7)'s limits: the broker alone and the version upsert alone.
     versions_broker: f64,
     versions_database: f64,
@@ -260,14 +263,16 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         let drain =
             phases::worker_drain(limits, exe, checkins, args.messages, args.batch_size).await?;
         (run.backlog, run.rss_mib) = (drain.rate, drain.peak_rss_kib as f64 / 1024.0);
+        run.backlog_start = drain.start;
         run.cpu_us = drain.cpu_us_per_msg;
         run.switches = drain.switches_per_msg;
         run.cpu_split = drain.cpu_split_us.unwrap_or_default();
         run.resident = drain.resident.map(|r| r.to_string()).unwrap_or_default();
         run.host[3] = host.load();
         eprintln!(
-            "  worker backlog    {:>9.0} msgs/s, {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.2} context switches/msg, {:.0} msgs/batch, peak RSS {:.1} MiB ({}); {}",
+            "  worker backlog    {:>9.0} msgs/s ({}), {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.2} context switches/msg, {:.0} msgs/batch, peak RSS {:.1} MiB ({}); {}",
             run.backlog,
+            start_note(drain.start),
             run.cpu_us,
             run.cpu_split.runtime,
             run.cpu_split.amqp_io,
@@ -297,15 +302,16 @@ async fn measure(args: &Args, limits: &Limits<'_>, exe: &std::path::Path) -> any
         let versions = Backlog::Versions;
         let drain =
             phases::worker_drain(limits, exe, versions, args.versions, args.batch_size).await?;
-        run.versions = drain.rate;
+        (run.versions, run.versions_start) = (drain.rate, drain.start);
         run.versions_cpu_us = drain.cpu_us_per_msg;
         run.versions_cpu = drain.cpu_split_us.unwrap_or_default();
         run.versions_broker = phases::broker_limit(limits, versions, args.versions).await?;
         run.versions_database = phases::versions_database_limit(limits, args.versions).await?;
         run.host[7] = host.load();
         eprintln!(
-            "  worker versions   {:>9.0} msgs/s, {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.0} msgs/batch (broker alone {:.0}, database alone {:.0}); {}",
+            "  worker versions   {:>9.0} msgs/s ({}), {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.0} msgs/batch (broker alone {:.0}, database alone {:.0}); {}",
             run.versions,
+            start_note(drain.start),
             run.versions_cpu_us,
             run.versions_cpu.runtime,
             run.versions_cpu.amqp_io,
@@ -365,6 +371,13 @@ fn host_note(load: procfs::HostLoad) -> String {
         "the machine {} busy, {} of its CPU stolen by the host",
         table::percent(load.busy_pct),
         table::percent(load.stolen_pct)
+    )
+}
+
+fn start_note(start: phases::Start) -> String {
+    format!(
+        "first row after {:.0} ms, then {:.0} msgs/s",
+        start.first_row_ms, start.after_rate
     )
 }
 

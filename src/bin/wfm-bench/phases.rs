@@ -171,7 +171,10 @@ fn batch_end(bodies: impl ExactSizeIterator<Item = usize>, limits: &Limits<'_>) 
 
 /// What a worker drain measured.
 pub struct Drain {
+    /// Messages per second from spawn to the last row committed.
     pub rate: f64,
+    /// The same split at the first row stored.
+    pub start: Start,
     pub peak_rss_kib: u64,
     /// The worker's CPU time (all threads, user + system) per stored message,
     /// from spawn to the last row committed.
@@ -211,6 +214,18 @@ pub async fn batch_totals(http: std::net::SocketAddr, queue: &str) -> (f64, f64)
         value("wfm_batch_size_messages_sum"),
         value("wfm_batch_size_messages_count"),
     )
+}
+
+/// A drain split where its first row was seen stored: before it the worker
+/// started (the process, applying the schema to the fresh database, its
+/// connections and consumers) and wrote its first batch; after it, it only
+/// drained.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Start {
+    /// From spawn to the first poll (every 2 ms) that saw a row.
+    pub first_row_ms: f64,
+    /// Messages per second from that poll to the last row committed.
+    pub after_rate: f64,
 }
 
 /// Which queue a phase fills.
@@ -281,6 +296,7 @@ pub async fn worker_drain_with(
         Backlog::Checkins => "SELECT coalesce(max(checkins_id), 0) FROM clusters_checkins",
         Backlog::Versions => "SELECT coalesce(max(version_id), 0) FROM versions",
     };
+    let (first_at, first) = first_rows(&client, newest, started).await?;
     wait_for_count(
         &client,
         "the backlog to be stored",
@@ -289,7 +305,13 @@ pub async fn worker_drain_with(
         Duration::from_millis(10),
     )
     .await?;
-    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let done = started.elapsed().as_secs_f64();
+    let rate = count as f64 / done;
+    let after_first = first_at.elapsed().as_secs_f64();
+    let start = Start {
+        first_row_ms: (done - after_first) * 1e3,
+        after_rate: (count as f64 - first as f64) / after_first,
+    };
     let pid = worker.id().unwrap_or_default();
     let us_per_msg = 1e6 / count as f64;
     let cpu_us_per_msg = procfs::cpu_secs(pid).unwrap_or(0.0) * us_per_msg;
@@ -310,6 +332,7 @@ pub async fn worker_drain_with(
     env.drop_all().await;
     Ok(Drain {
         rate,
+        start,
         peak_rss_kib,
         cpu_us_per_msg,
         cpu_split_us,
@@ -317,6 +340,30 @@ pub async fn worker_drain_with(
         resident,
         mean_batch,
     })
+}
+
+/// Polls `newest` every 2 ms until a row is stored: when that was seen, and
+/// the highest id then. Until the worker has applied the schema the query
+/// fails, which counts as nothing stored.
+async fn first_rows(
+    client: &tokio_postgres::Client,
+    newest: &str,
+    started: Instant,
+) -> anyhow::Result<(Instant, i64)> {
+    loop {
+        let stored = client
+            .query_one(newest, &[])
+            .await
+            .map_or(0, |row| row.get::<_, i64>(0));
+        if stored > 0 {
+            return Ok((Instant::now(), stored));
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "timed out waiting for the first rows to be stored"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 async fn verify(

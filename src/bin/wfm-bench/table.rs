@@ -48,6 +48,11 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
         "| (3) worker, backlog of {} checkins | {backlog:.0} msgs/s | |",
         args.messages
     );
+    println!(
+        "| (3) the worker's start (spawn → first row stored, polled every 2 ms) / its rate after it | {:.0} ms / {:.0} msgs/s | |",
+        m(&|r| r.backlog_start.first_row_ms),
+        m(&|r| r.backlog_start.after_rate)
+    );
     let cpu = m(&|r| r.cpu_us);
     println!(
         "| (3) worker CPU (user + system, all threads) per stored checkin | {cpu:.1} µs | ≤ 13 µs: {} |",
@@ -146,6 +151,11 @@ pub(crate) async fn print_report(args: &Args, runs: &[Run]) {
         "| (7) worker, backlog of {} versions | {versions:.0} msgs/s | ≥ 40,000: {} |",
         args.versions,
         verdict(versions, versions >= 40_000.0)
+    );
+    println!(
+        "| (7) the worker's start (as in (3)) / its rate after it | {:.0} ms / {:.0} msgs/s | |",
+        m(&|r| r.versions_start.first_row_ms),
+        m(&|r| r.versions_start.after_rate)
     );
     println!(
         "| (7) worker CPU (user + system, all threads) per stored version; runtime threads / AMQP I/O threads / other | {:.1} µs; {:.1} / {:.1} / {:.1} µs | |",
