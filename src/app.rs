@@ -1,5 +1,5 @@
-//! Start-up and recovery: bootstrap → topology → one task per queue, until the
-//! shutdown token is cancelled.
+//! Start-up and recovery: bootstrap (and, meanwhile, the broker connection and
+//! its topology) → one task per queue, until the shutdown token is cancelled.
 //!
 //! A lost broker connection (a restart, an operator closing it, a cut network)
 //! ends the connection's queue tasks; `run` then reconnects with capped
@@ -9,6 +9,7 @@
 //! conflict, refused credentials) or an exhausted `WFM_RECONNECT_MAX` ends `run`
 //! with an error.
 
+mod consume;
 mod gauges;
 pub mod maintenance;
 mod probe;
@@ -19,16 +20,16 @@ use retry::Retry;
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::Connection;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{self, BrokerError, DeadLetters},
+    broker::{self, BrokerError},
     config::{
         DatabaseSettings, HistorySettings, Settings, Topology, describe_nodes, describe_postgres,
     },
     http,
-    pipeline::{PipelineError, QueueContext, QueueKind, QueueMetrics, run_queue},
+    pipeline::{PipelineError, QueueKind, QueueMetrics},
     readiness::Readiness,
     store::{self, BootstrapError, ErrorClass, Pool},
 };
@@ -198,210 +199,79 @@ struct Worker<'a> {
 
 impl Worker<'_> {
     /// Finds the database (RDS discovery waits out an instance that is not
-    /// serving yet), bootstraps it, then consumes, reconnecting, until
+    /// serving yet) and bootstraps it, then consumes, reconnecting, until
     /// shutdown. Every step is retried while its failure is transient.
+    ///
+    /// The broker is connected to, and the topology declared, while the
+    /// database is prepared: neither needs the other, so a start waits for
+    /// the slower of the two instead of both (BENCHMARKS.md, "A start that
+    /// waits for one side"). Nothing is consumed before the schema is in place.
     async fn start_and_consume(&self, serving: &CancellationToken) -> Result<(), RunError> {
+        let mut probing = None;
+        let (database, first) = tokio::join!(
+            self.prepare_database(serving, &mut probing),
+            self.connect(broker::ConsumingFrames::Default),
+        );
+        let result = match database {
+            Ok(Some(pool)) => {
+                let upkeep = tokio::spawn(maintenance::keep(
+                    pool.clone(),
+                    self.settings.history,
+                    self.shutdown.child_token(),
+                ));
+                let result = self.consume_retrying(&pool, first).await;
+                upkeep.abort();
+                result
+            }
+            stopped_or_failed => {
+                if let Ok(Some(connected)) = first {
+                    connected.close().await;
+                }
+                stopped_or_failed.map(|_| ())
+            }
+        };
+        serving.cancel();
+        if let Some(probing) = probing {
+            let _ = probing.await;
+        }
+        result
+    }
+
+    /// Connects the pool (then watches the database for readiness, in
+    /// `probing`), applies the schema and runs the first maintenance. `None`
+    /// on shutdown.
+    async fn prepare_database(
+        &self,
+        serving: &CancellationToken,
+        probing: &mut Option<JoinHandle<()>>,
+    ) -> Result<Option<Pool>, RunError> {
         let mut retry = Retry::new(self.settings, self.shutdown, "bootstrap");
         let pool = loop {
             match store::connect_pool(&self.settings.database).await {
                 Ok(pool) => break pool,
                 Err(error) => {
                     if !retry.after(error.into()).await? {
-                        return Ok(());
+                        return Ok(None);
                     }
                 }
             }
         };
-        let probing = tokio::spawn(probe::watch_database(
+        *probing = Some(tokio::spawn(probe::watch_database(
             pool.clone(),
             self.readiness.clone(),
             serving.clone(),
-        ));
-        let result = self.bootstrap_and_consume(&pool, retry).await;
-        serving.cancel();
-        let _ = probing.await;
-        result
-    }
-
-    async fn bootstrap_and_consume(
-        &self,
-        pool: &Pool,
-        mut retry: Retry<'_>,
-    ) -> Result<(), RunError> {
-        while let Err(error) = bootstrap_with(pool, &self.settings.database).await {
+        )));
+        while let Err(error) = bootstrap_with(&pool, &self.settings.database).await {
             if !retry.after(error).await? {
-                return Ok(());
+                return Ok(None);
             }
         }
         self.readiness.set_bootstrapped();
         self.readiness.database_ok();
         // The current partition must exist before anything is consumed.
-        if let Err(error) = maintenance::run_once(pool, &self.settings.history).await {
+        if let Err(error) = maintenance::run_once(&pool, &self.settings.history).await {
             tracing::warn!(error = %error, "checkin history maintenance failed; trying again later");
         }
-        let upkeep = tokio::spawn(maintenance::keep(
-            pool.clone(),
-            self.settings.history,
-            self.shutdown.child_token(),
-        ));
-        let result = self.consume_retrying(pool).await;
-        upkeep.abort();
-        result
-    }
-
-    async fn consume_retrying(&self, pool: &Pool) -> Result<(), RunError> {
-        let mut retry = Retry::new(self.settings, self.shutdown, "consume");
-        let mut frames = broker::ConsumingFrames::Default;
-        loop {
-            let Err(error) = self.consume(pool, &mut retry, &mut frames).await else {
-                return Ok(());
-            };
-            if !retry.after(error).await? {
-                return Ok(());
-            }
-        }
-    }
-
-    /// One broker connection's life (and its dead-letter connection's):
-    /// topology, consumers, supervision. Returns Ok only on shutdown. A
-    /// connection that failed on a frame larger than it asked for is followed
-    /// by one that asks for the broker's size.
-    async fn consume(
-        &self,
-        pool: &Pool,
-        retry: &mut Retry<'_>,
-        frames: &mut broker::ConsumingFrames,
-    ) -> Result<(), RunError> {
-        let broker = &self.settings.broker;
-        let pace = broker::Pace::default();
-        let Some(connection) = self
-            .unless_shutdown(broker::connect_consuming(
-                broker,
-                &broker.connection_name,
-                *frames,
-                pace.clone(),
-            ))
-            .await?
-        else {
-            return Ok(());
-        };
-        let mut refusals = broker::FrameRefusals::follow(&connection);
-        let dead_letter_name = format!("{} dead letters", broker.connection_name);
-        let dead_letter_connection = match self
-            .unless_shutdown(broker::connect_for_copies(broker, &dead_letter_name))
-            .await
-        {
-            Ok(Some(connection)) => connection,
-            stopped_or_failed => {
-                broker::close(&connection).await;
-                return stopped_or_failed.map(|_| ());
-            }
-        };
-        self.readiness.set_broker_connected(true);
-        let result = self
-            .consume_on(pool, &connection, &dead_letter_connection, &pace, retry)
-            .await;
-        self.readiness.set_broker_connected(false);
-        if result.is_err() && refusals.refused() && *frames != broker::ConsumingFrames::Brokers {
-            tracing::warn!(
-                asked = connection.configuration().frame_max(),
-                "a frame larger than the connection asked for arrived (the broker allows larger ones); reconnecting with the broker's frame size"
-            );
-            *frames = broker::ConsumingFrames::Brokers;
-        }
-        broker::close(&connection).await;
-        broker::close(&dead_letter_connection).await;
-        result
-    }
-
-    /// A step before any delivery is taken (connecting, declaring, opening
-    /// consumers): shutdown does not wait for it. Each is a broker round trip
-    /// with no time-out of its own, and a node that is starting or stopping
-    /// can leave one unanswered for long; with nothing consumed yet, there is
-    /// nothing to finish or hand back.
-    async fn unless_shutdown<T, E: Into<RunError>>(
-        &self,
-        step: impl Future<Output = Result<T, E>>,
-    ) -> Result<Option<T>, RunError> {
-        tokio::select! {
-            biased;
-            () = self.shutdown.cancelled() => Ok(None),
-            done = step => done.map(Some).map_err(Into::into),
-        }
-    }
-
-    async fn consume_on(
-        &self,
-        pool: &Pool,
-        connection: &Connection,
-        dead_letter_connection: &Connection,
-        pace: &broker::Pace,
-        retry: &mut Retry<'_>,
-    ) -> Result<(), RunError> {
-        let topology = &self.settings.broker.topology;
-        let prefetch = self.settings.pipeline.prefetch;
-        let opened = self
-            .unless_shutdown(async {
-                broker::declare_topology(connection, topology).await?;
-                let dead_letters =
-                    DeadLetters::open(dead_letter_connection, &topology.dead_letter_exchange)
-                        .await?;
-                let mut consumers = Vec::with_capacity(self.queues.0.len());
-                for (_, queue, _) in &self.queues.0 {
-                    consumers.push(broker::open_consumer(connection, queue, prefetch).await?);
-                }
-                let sampling =
-                    connection
-                        .create_channel()
-                        .await
-                        .map_err(|source| BrokerError::Channel {
-                            doing: "opening the sampling channel",
-                            source,
-                        })?;
-                Ok::<_, RunError>((dead_letters, consumers, sampling))
-            })
-            .await?;
-        let Some((dead_letters, consumers, sampling)) = opened else {
-            return Ok(());
-        };
-        let stop = self.shutdown.child_token();
-        let abandon = CancellationToken::new();
-        let mut tasks = tokio::task::JoinSet::new();
-        for ((kind, queue, metrics), (channel, consumer)) in self.queues.0.iter().zip(consumers) {
-            let context = QueueContext {
-                kind: *kind,
-                queue: queue.clone(),
-                pool: pool.clone(),
-                dead_letters: dead_letters.clone(),
-                settings: self.settings.pipeline.clone(),
-                readiness: self.readiness.clone(),
-                metrics: metrics.clone(),
-                pace: pace.clone(),
-                abandon: abandon.clone(),
-                shutdown: stop.clone(),
-            };
-            tasks.spawn(run_queue(context, channel, consumer));
-        }
-        tasks.spawn(supervise::watch_dead_letters(
-            dead_letter_connection,
-            self.readiness.clone(),
-            stop.clone(),
-        ));
-        retry.reset();
-        tracing::info!("connected and consuming");
-        let sampler = tokio::spawn(gauges::sample(
-            sampling.clone(),
-            pool.clone(),
-            topology.clone(),
-            stop.clone(),
-        ));
-        let result =
-            supervise::supervise(tasks, &stop, &abandon, self.settings.shutdown_timeout).await;
-        stop.cancel();
-        // Only gauges: not worth waiting for a broker that does not answer.
-        sampler.abort();
-        let _ = sampler.await;
-        broker::close_channels(&[&sampling, dead_letters.channel()]).await;
-        result
+        Ok(Some(pool))
     }
 }

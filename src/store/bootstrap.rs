@@ -38,8 +38,9 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_clusters_fillfactor"),
 ];
 
-/// Arbitrary but fixed: every replica must take the same lock ("wfm" in ASCII).
-const BOOTSTRAP_LOCK_KEY: i64 = 0x0077_666d;
+/// The session advisory lock a bootstrap holds. Arbitrary but fixed: every
+/// replica must take the same lock ("wfm" in ASCII).
+pub const BOOTSTRAP_LOCK_KEY: i64 = 0x0077_666d;
 
 const LOCK: &str = "SELECT pg_advisory_lock($1)";
 const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";

@@ -16,7 +16,7 @@ pub mod tls;
 mod versions;
 mod write;
 
-pub use bootstrap::{BootstrapError, MIGRATIONS, Migration, apply_migrations};
+pub use bootstrap::{BOOTSTRAP_LOCK_KEY, BootstrapError, MIGRATIONS, Migration, apply_migrations};
 pub use checkins::{INSERT_CHECKINS, KEYS_LOCK, SHARE_KEYS, write_checkins};
 pub use error::{ErrorClass, StoreError, breaks_connection, classify, classify_code};
 pub use manager::{ConnectError, Manager, PgConnection};

@@ -1,8 +1,56 @@
-//! Topology: a queue that exists with other arguments stops start-up, saying so.
+//! Topology: connected and declared while the database is bootstrapped (but
+//! nothing consumed before the schema is in place); a queue that exists with
+//! other arguments stops start-up, saying so.
+
+use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties, options::QueueDeleteOptions, types::FieldTable};
+use wfm_worker::store::BOOTSTRAP_LOCK_KEY;
 
-use crate::support::{RunningWorker, TestEnv, broker::AMQP_URL};
+use crate::support::{
+    CLUSTER, Outgoing, RunningWorker, TestEnv,
+    broker::{AMQP_URL, connection_pids},
+    checkin_body, wait_until,
+};
+
+#[tokio::test]
+async fn the_broker_is_connected_while_the_schema_is_applied_and_nothing_is_consumed_before_it() {
+    let env = TestEnv::new().await;
+    let queue = &env.broker.topology.checkin_queue;
+    env.broker
+        .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "early"))])
+        .await;
+    // As another replica bootstrapping would, hold the worker's bootstrap.
+    let holder = env.db.client().await;
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&BOOTSTRAP_LOCK_KEY])
+        .await
+        .unwrap();
+    let worker = env.start();
+    let name = env.settings().broker.connection_name;
+    let dead_letter_name = format!("{name} dead letters");
+    wait_until(
+        "both broker connections while the bootstrap waits",
+        Duration::from_secs(30),
+        || async {
+            !connection_pids(&name).await.is_empty()
+                && !connection_pids(&dead_letter_name).await.is_empty()
+        },
+    )
+    .await;
+    let schema = "SELECT count(*) FROM pg_class WHERE relname = 'clusters_checkins'";
+    assert_eq!(env.db.count(schema).await, 0, "the bootstrap is still held");
+    assert_eq!(env.broker.consumers(queue).await, 0, "nothing consumed yet");
+    assert_eq!(env.broker.ready(queue).await, 1);
+
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&BOOTSTRAP_LOCK_KEY])
+        .await
+        .unwrap();
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 1)
+        .await;
+    worker.stop().await.unwrap();
+}
 
 #[tokio::test]
 async fn a_work_queue_declared_with_other_arguments_stops_start_up_with_the_reason() {
