@@ -31,7 +31,7 @@ use crate::{
     http,
     pipeline::{PipelineError, QueueKind, QueueMetrics},
     readiness::Readiness,
-    store::{self, BootstrapError, ErrorClass, Pool},
+    store::{self, BootstrapError, ErrorClass, PgConnection, Pool},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +93,8 @@ impl RunError {
 
 /// Applies the schema files (the `bootstrap` subcommand, and the first step of `run`).
 pub async fn bootstrap(settings: &DatabaseSettings) -> Result<usize, RunError> {
-    bootstrap_with(&store::connect_pool(settings).await?, settings).await
+    let pool = store::connect_pool(settings).await?;
+    Ok(bootstrap_with(&pool, settings).await?.1)
 }
 
 /// One maintenance run of checkin history, after the bootstrap (`maintain`).
@@ -102,8 +103,8 @@ pub async fn maintain(
     history: &HistorySettings,
 ) -> Result<store::history::MaintenanceReport, RunError> {
     let pool = store::connect_pool(settings).await?;
-    bootstrap_with(&pool, settings).await?;
-    Ok(maintenance::run_once(&pool, history).await?)
+    let (mut connection, _) = bootstrap_with(&pool, settings).await?;
+    Ok(maintenance::run_on(&mut connection, history).await?)
 }
 
 /// Converts `clusters_checkins` to a partitioned table, after the bootstrap
@@ -113,15 +114,17 @@ pub async fn partition_checkins(
     history: &HistorySettings,
 ) -> Result<store::history::ConversionReport, RunError> {
     let pool = store::connect_pool(settings).await?;
-    bootstrap_with(&pool, settings).await?;
-    let mut connection = pool
-        .dedicated_connection()
-        .await
-        .map_err(store::StoreError::from)?;
+    let (mut connection, _) = bootstrap_with(&pool, settings).await?;
     Ok(store::history::convert_to_partitioned(&mut connection, history.period).await?)
 }
 
-async fn bootstrap_with(pool: &Pool, settings: &DatabaseSettings) -> Result<usize, RunError> {
+/// Applies the schema on a connection of its own, and hands that connection
+/// on (its bootstrap lock released) with the number of files applied: what
+/// follows a bootstrap needs no second connection to be set up.
+async fn bootstrap_with(
+    pool: &Pool,
+    settings: &DatabaseSettings,
+) -> Result<(PgConnection, usize), RunError> {
     // A connection of its own: the advisory lock is held by the session, and a
     // pooled connection could go back to the pool still holding it.
     let mut client = pool
@@ -133,7 +136,7 @@ async fn bootstrap_with(pool: &Pool, settings: &DatabaseSettings) -> Result<usiz
         })?;
     let applied = store::apply_migrations(&mut client).await?;
     tracing::info!(applied, "schema is up to date");
-    Ok(applied)
+    Ok((client, applied))
 }
 
 /// Runs the worker until `shutdown` is cancelled (Ok) or something fails for
@@ -261,15 +264,20 @@ impl Worker<'_> {
             self.readiness.clone(),
             serving.clone(),
         )));
-        while let Err(error) = bootstrap_with(&pool, &self.settings.database).await {
-            if !retry.after(error).await? {
-                return Ok(None);
+        let mut connection = loop {
+            match bootstrap_with(&pool, &self.settings.database).await {
+                Ok((connection, _)) => break connection,
+                Err(error) => {
+                    if !retry.after(error).await? {
+                        return Ok(None);
+                    }
+                }
             }
-        }
+        };
         self.readiness.set_bootstrapped();
         self.readiness.database_ok();
         // The current partition must exist before anything is consumed.
-        if let Err(error) = maintenance::run_once(&pool, &self.settings.history).await {
+        if let Err(error) = maintenance::run_on(&mut connection, &self.settings.history).await {
             tracing::warn!(error = %error, "checkin history maintenance failed; trying again later");
         }
         Ok(Some(pool))

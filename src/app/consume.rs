@@ -2,6 +2,7 @@
 //! the dead-letter connection beside it), declare the topology, consume,
 //! supervise; reconnect with backoff.
 
+use futures_util::future::try_join_all;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -176,22 +177,23 @@ impl Worker<'_> {
         } = links;
         let topology = &self.settings.broker.topology;
         let prefetch = self.settings.pipeline.prefetch;
+        // At once, not one after the other: each is a few broker round trips,
+        // and the database is ready and waiting.
+        let consumers = try_join_all(
+            (self.queues.0.iter())
+                .map(|(_, queue, _)| broker::open_consumer(connection, queue, prefetch)),
+        );
+        let sampling = async {
+            connection
+                .create_channel()
+                .await
+                .map_err(|source| BrokerError::Channel {
+                    doing: "opening the sampling channel",
+                    source,
+                })
+        };
         let opened = self
-            .unless_shutdown(async {
-                let mut consumers = Vec::with_capacity(self.queues.0.len());
-                for (_, queue, _) in &self.queues.0 {
-                    consumers.push(broker::open_consumer(connection, queue, prefetch).await?);
-                }
-                let sampling =
-                    connection
-                        .create_channel()
-                        .await
-                        .map_err(|source| BrokerError::Channel {
-                            doing: "opening the sampling channel",
-                            source,
-                        })?;
-                Ok::<_, RunError>((consumers, sampling))
-            })
+            .unless_shutdown(async { tokio::try_join!(consumers, sampling) })
             .await?;
         let Some((consumers, sampling)) = opened else {
             return Ok(());

@@ -1,6 +1,6 @@
 //! Checkin history upkeep in the worker: at start (before consuming, so the
-//! current partition exists) and every ten minutes, on a connection of its
-//! own. Every replica runs it; one at a time does the work (see
+//! current partition exists, on the bootstrap's connection) and every ten
+//! minutes, on a connection of its own. Every replica runs it; one at a time does the work (see
 //! `store::history`). Its figures are the `wfm_checkin_*` gauges.
 
 use std::time::Duration;
@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::HistorySettings,
     store::{
-        Pool, StoreError,
+        PgConnection, Pool, StoreError,
         history::{self, MaintenanceReport},
     },
 };
@@ -37,7 +37,15 @@ pub async fn run_once(
     settings: &HistorySettings,
 ) -> Result<MaintenanceReport, StoreError> {
     let mut connection = pool.dedicated_connection().await?;
-    let report = history::maintain(&mut connection, settings).await?;
+    run_on(&mut connection, settings).await
+}
+
+/// One run on a connection the caller holds (the bootstrap's, at start-up).
+pub async fn run_on(
+    connection: &mut PgConnection,
+    settings: &HistorySettings,
+) -> Result<MaintenanceReport, StoreError> {
+    let report = history::maintain(connection, settings).await?;
     record(&report);
     Ok(report)
 }
