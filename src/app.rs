@@ -280,6 +280,11 @@ impl Worker<'_> {
         if let Err(error) = maintenance::run_on(&mut connection, &self.settings.history).await {
             tracing::warn!(error = %error, "checkin history maintenance failed; trying again later");
         }
+        // On to the pool, for the first batch: one connection fewer to set
+        // up before the first write. Both left nothing behind in the session
+        // (the bootstrap's lock is released; maintenance's locks and settings
+        // are its transactions'); a broken connection is refused and dropped.
+        let _ = pool.add(connection);
         Ok(Some(pool))
     }
 }

@@ -1,9 +1,15 @@
 //! Bootstrap: the SQL files applied in order, once, safely in parallel, and
-//! harmlessly on a database the older Go service created and filled.
+//! harmlessly on a database the older Go service created and filled; the
+//! worker's bootstrap connection goes on to write its first batch.
 
-use wfm_worker::{app, store::MIGRATIONS};
+use std::time::Duration;
 
-use crate::support::TestDb;
+use wfm_worker::{
+    app,
+    store::{BOOTSTRAP_LOCK_KEY, MIGRATIONS},
+};
+
+use crate::support::{CLUSTER, Outgoing, TestDb, TestEnv, checkin_body, wait_until};
 
 const TABLES: &str = "SELECT count(*) FROM information_schema.tables
     WHERE table_schema = 'public' AND table_name IN ('clusters', 'clusters_checkins', 'versions')";
@@ -186,4 +192,49 @@ async fn versions_the_worker_wrote_whole_are_repaired_and_the_older_services_are
         .unwrap()
         .get(0);
     assert_eq!(legacy, r#"{"legacy": true}"#);
+}
+
+#[tokio::test]
+async fn the_worker_writes_its_first_batch_on_the_connection_that_bootstrapped() {
+    let env = TestEnv::new().await;
+    // Hold the bootstrap, to find the worker's bootstrapping backend waiting on it.
+    let holder = env.db.client().await;
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&BOOTSTRAP_LOCK_KEY])
+        .await
+        .unwrap();
+    let worker = env.start();
+    let waiting = "SELECT pid FROM pg_stat_activity
+        WHERE datname = current_database() AND wait_event = 'advisory'";
+    wait_until(
+        "the worker's bootstrap to wait for its lock",
+        Duration::from_secs(30),
+        || async { holder.query_opt(waiting, &[]).await.unwrap().is_some() },
+    )
+    .await;
+    let bootstrapped: i32 = holder.query_one(waiting, &[]).await.unwrap().get(0);
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&BOOTSTRAP_LOCK_KEY])
+        .await
+        .unwrap();
+    env.broker
+        .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "first"))])
+        .await;
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 1)
+        .await;
+
+    // Besides its readiness probe's ("SELECT 1"), the worker holds one
+    // connection: the bootstrap's, whose last statement was the write's COMMIT.
+    let backends = holder
+        .query(
+            "SELECT pid, query FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'wfm-worker'
+                AND query <> 'SELECT 1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let backends: Vec<(i32, String)> = backends.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(backends, [(bootstrapped, "COMMIT".to_owned())]);
+    worker.stop().await.unwrap();
 }
