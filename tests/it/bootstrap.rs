@@ -4,10 +4,7 @@
 
 use std::time::Duration;
 
-use wfm_worker::{
-    app,
-    store::{BOOTSTRAP_LOCK_KEY, MIGRATIONS},
-};
+use wfm_worker::{app, store::MIGRATIONS};
 
 use crate::support::{CLUSTER, Outgoing, TestDb, TestEnv, checkin_body, wait_until};
 
@@ -198,11 +195,7 @@ async fn versions_the_worker_wrote_whole_are_repaired_and_the_older_services_are
 async fn the_worker_writes_its_first_batch_on_the_connection_that_bootstrapped() {
     let env = TestEnv::new().await;
     // Hold the bootstrap, to find the worker's bootstrapping backend waiting on it.
-    let holder = env.db.client().await;
-    holder
-        .execute("SELECT pg_advisory_lock($1)", &[&BOOTSTRAP_LOCK_KEY])
-        .await
-        .unwrap();
+    let holder = env.db.hold_bootstrap().await;
     let worker = env.start();
     let waiting = "SELECT pid FROM pg_stat_activity
         WHERE datname = current_database() AND wait_event = 'advisory'";
@@ -213,10 +206,7 @@ async fn the_worker_writes_its_first_batch_on_the_connection_that_bootstrapped()
     )
     .await;
     let bootstrapped: i32 = holder.query_one(waiting, &[]).await.unwrap().get(0);
-    holder
-        .execute("SELECT pg_advisory_unlock($1)", &[&BOOTSTRAP_LOCK_KEY])
-        .await
-        .unwrap();
+    holder.release().await;
     env.broker
         .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "first"))])
         .await;

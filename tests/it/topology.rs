@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties, options::QueueDeleteOptions, types::FieldTable};
-use wfm_worker::store::BOOTSTRAP_LOCK_KEY;
 
 use crate::support::{
     CLUSTER, Outgoing, RunningWorker, TestEnv,
@@ -20,12 +19,7 @@ async fn the_broker_is_connected_while_the_schema_is_applied_and_nothing_is_cons
     env.broker
         .publish_checkins(&[Outgoing::new(checkin_body(CLUSTER, "early"))])
         .await;
-    // As another replica bootstrapping would, hold the worker's bootstrap.
-    let holder = env.db.client().await;
-    holder
-        .execute("SELECT pg_advisory_lock($1)", &[&BOOTSTRAP_LOCK_KEY])
-        .await
-        .unwrap();
+    let holder = env.db.hold_bootstrap().await;
     let worker = env.start();
     let name = env.settings().broker.connection_name;
     let dead_letter_name = format!("{name} dead letters");
@@ -43,10 +37,7 @@ async fn the_broker_is_connected_while_the_schema_is_applied_and_nothing_is_cons
     assert_eq!(env.broker.consumers(queue).await, 0, "nothing consumed yet");
     assert_eq!(env.broker.ready(queue).await, 1);
 
-    holder
-        .execute("SELECT pg_advisory_unlock($1)", &[&BOOTSTRAP_LOCK_KEY])
-        .await
-        .unwrap();
+    holder.release().await;
     env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 1)
         .await;
     worker.stop().await.unwrap();

@@ -1,7 +1,10 @@
 //! A fresh PostgreSQL database per test, dropped (WITH (FORCE)) when the guard is.
 
 use tokio_postgres::{Client, Config, NoTls};
-use wfm_worker::{config::DatabaseSettings, store};
+use wfm_worker::{
+    config::DatabaseSettings,
+    store::{self, BOOTSTRAP_LOCK_KEY},
+};
 
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -103,6 +106,17 @@ impl TestDb {
             .collect()
     }
 
+    /// Holds the worker's bootstrap lock, as another replica bootstrapping
+    /// would: a worker started meanwhile waits before it applies the schema.
+    pub async fn hold_bootstrap(&self) -> BootstrapHold {
+        let client = self.client().await;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&BOOTSTRAP_LOCK_KEY])
+            .await
+            .unwrap();
+        BootstrapHold(client)
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.client()
             .await
@@ -110,6 +124,27 @@ impl TestDb {
             .await
             .unwrap()
             .get(0)
+    }
+}
+
+/// The session holding the bootstrap lock ([`TestDb::hold_bootstrap`]); a
+/// client of the test's database meanwhile.
+pub struct BootstrapHold(Client);
+
+impl BootstrapHold {
+    pub async fn release(&self) {
+        self.0
+            .execute("SELECT pg_advisory_unlock($1)", &[&BOOTSTRAP_LOCK_KEY])
+            .await
+            .unwrap();
+    }
+}
+
+impl std::ops::Deref for BootstrapHold {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.0
     }
 }
 
