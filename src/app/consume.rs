@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{RunError, Worker, gauges, retry::Retry, supervise};
 use crate::{
-    broker::{self, BrokerError, DeadLetters},
+    broker::{self, DeadLetters},
     pipeline::{QueueContext, run_queue},
     store::Pool,
 };
@@ -183,15 +183,7 @@ impl Worker<'_> {
             (self.queues.0.iter())
                 .map(|(_, queue, _)| broker::open_consumer(connection, queue, prefetch)),
         );
-        let sampling = async {
-            connection
-                .create_channel()
-                .await
-                .map_err(|source| BrokerError::Channel {
-                    doing: "opening the sampling channel",
-                    source,
-                })
-        };
+        let sampling = broker::open_channel(connection, "opening the sampling channel");
         let opened = self
             .unless_shutdown(async { tokio::try_join!(consumers, sampling) })
             .await?;

@@ -249,17 +249,30 @@ pub async fn open_consumer(
     Ok((channel, consumer))
 }
 
-/// A channel with publisher confirms on, for what publishes.
-pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
-    let fail = |doing| move |source| BrokerError::Channel { doing, source };
-    let channel = connection
+/// A new channel on `connection`; a failure says what it was `for_what`.
+pub async fn open_channel(
+    connection: &Connection,
+    for_what: &'static str,
+) -> Result<Channel, BrokerError> {
+    connection
         .create_channel()
         .await
-        .map_err(fail("opening a channel"))?;
+        .map_err(|source| BrokerError::Channel {
+            doing: for_what,
+            source,
+        })
+}
+
+/// A channel with publisher confirms on, for what publishes.
+pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    let channel = open_channel(connection, "opening a channel").await?;
     channel
         .confirm_select(lapin::options::ConfirmSelectOptions::default())
         .await
-        .map_err(fail("enabling publisher confirms"))?;
+        .map_err(|source| BrokerError::Channel {
+            doing: "enabling publisher confirms",
+            source,
+        })?;
     Ok(channel)
 }
 

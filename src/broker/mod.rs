@@ -11,7 +11,7 @@ mod topology;
 
 pub use connection::{
     ConsumingFrames, FrameRefusals, close, close_channels, confirm_channel, connect,
-    connect_consuming, connect_for_copies, open_consumer, watch_blocking,
+    connect_consuming, connect_for_copies, open_channel, open_consumer, watch_blocking,
 };
 pub use dead_letter::{
     CopyRefused, DeadLetter, DeadLetters, confirmed, encoded_len, headers as dead_letter_headers,

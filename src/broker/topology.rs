@@ -157,13 +157,7 @@ pub async fn declare_topology(
 }
 
 async fn open(connection: &Connection) -> Result<Channel, BrokerError> {
-    connection
-        .create_channel()
-        .await
-        .map_err(|source| BrokerError::Channel {
-            doing: "opening the topology channel",
-            source,
-        })
+    super::open_channel(connection, "opening the topology channel").await
 }
 
 fn quorum(dead_letter_exchange: Option<&str>) -> FieldTable {
