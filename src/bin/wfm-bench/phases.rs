@@ -305,12 +305,11 @@ pub async fn worker_drain_with(
         Duration::from_millis(10),
     )
     .await?;
-    let done = started.elapsed().as_secs_f64();
-    let rate = count as f64 / done;
-    let after_first = first_at.elapsed().as_secs_f64();
+    let done_at = Instant::now();
+    let rate = count as f64 / (done_at - started).as_secs_f64();
     let start = Start {
-        first_row_ms: (done - after_first) * 1e3,
-        after_rate: (count as f64 - first as f64) / after_first,
+        first_row_ms: (first_at - started).as_secs_f64() * 1e3,
+        after_rate: (count as f64 - first as f64) / (done_at - first_at).as_secs_f64(),
     };
     let pid = worker.id().unwrap_or_default();
     let us_per_msg = 1e6 / count as f64;
