@@ -2,7 +2,11 @@
 //! medians of the runs, ratios taken within each run, and each target's
 //! verdict.
 
-use crate::{Args, Measured, Run, latency, machine_facts, procfs::HostLoad};
+use crate::{
+    Args, latency, machine_facts,
+    procfs::HostLoad,
+    run::{Measured, Run},
+};
 
 fn median(runs: &[Run], field: impl Fn(&Run) -> f64) -> f64 {
     let mut values: Vec<f64> = runs.iter().map(field).collect();
