@@ -25,13 +25,15 @@ pub struct Cli {
 
     /// Threads of the async runtime (1 to 64). Without a number tokio starts
     /// one per core of the node, whatever the pod's CPU request. lapin runs an
-    /// I/O thread of its own per broker connection. One thread costs less CPU
-    /// and gives a lower median latency, but measured a worse 99th percentile
-    /// at low load (BENCHMARKS.md, "Runtime threads").
+    /// I/O thread of its own per broker connection. One by default: a second
+    /// runtime thread mostly wakes the first (two to three wakes per batch at
+    /// low load) and, on two cores shared with the broker and the database,
+    /// cost CPU, throughput and latency (BENCHMARKS.md, "One runtime thread").
+    /// More help only where the worker's own CPU is the limit.
     #[arg(
         long,
         env = "WFM_WORKER_THREADS",
-        default_value_t = 2,
+        default_value_t = 1,
         value_parser = clap::value_parser!(u16).range(1..=64),
         global = true
     )]
@@ -281,9 +283,9 @@ mod tests {
     }
 
     #[test]
-    fn the_runtime_has_two_threads_unless_told_otherwise() {
+    fn the_runtime_has_one_thread_unless_told_otherwise() {
         let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.worker_threads);
-        assert_eq!(parse(&["wfm-worker", "bootstrap"]).unwrap(), 2);
+        assert_eq!(parse(&["wfm-worker", "bootstrap"]).unwrap(), 1);
         let more = parse(&["wfm-worker", "run", "--worker-threads", "4"]);
         assert_eq!(more.unwrap(), 4);
         assert!(parse(&["wfm-worker", "run", "--worker-threads", "0"]).is_err());

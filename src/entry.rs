@@ -38,8 +38,9 @@ pub enum EntryError {
 pub fn main() -> ExitCode {
     let cli = cli::parse();
     telemetry::init(cli.log_format);
-    // A fixed number, not one per core of the node (BENCHMARKS.md, "Runtime
-    // threads").
+    // A fixed number (one unless told otherwise), not one per core of the
+    // node; multi-thread even for one, so that the setting can raise it
+    // (BENCHMARKS.md, "One runtime thread").
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(cli.worker_threads))
         .enable_all()
