@@ -102,13 +102,10 @@ pub(crate) async fn measure(args: &Args, limits: &Limits<'_>, exe: &Path) -> any
         run.resident = drain.resident.map(|r| r.to_string()).unwrap_or_default();
         run.host[3] = host.load();
         eprintln!(
-            "  worker backlog    {:>9.0} msgs/s ({}), {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.2} context switches/msg, {:.0} msgs/batch, peak RSS {:.1} MiB ({}); {}",
+            "  worker backlog    {:>9.0} msgs/s ({}), {}, {:.2} context switches/msg, {:.0} msgs/batch, peak RSS {:.1} MiB ({}); {}",
             run.backlog,
             start_note(drain.start),
-            run.cpu_us,
-            run.cpu_split.runtime,
-            run.cpu_split.amqp_io,
-            run.cpu_split.other,
+            cpu_note(run.cpu_us, run.cpu_split),
             run.switches,
             drain.mean_batch,
             run.rss_mib,
@@ -141,13 +138,10 @@ pub(crate) async fn measure(args: &Args, limits: &Limits<'_>, exe: &Path) -> any
         run.versions_database = phases::versions_database_limit(limits, args.versions).await?;
         run.host[7] = host.load();
         eprintln!(
-            "  worker versions   {:>9.0} msgs/s ({}), {:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1}), {:.0} msgs/batch (broker alone {:.0}, database alone {:.0}); {}",
+            "  worker versions   {:>9.0} msgs/s ({}), {}, {:.0} msgs/batch (broker alone {:.0}, database alone {:.0}); {}",
             run.versions,
             start_note(drain.start),
-            run.versions_cpu_us,
-            run.versions_cpu.runtime,
-            run.versions_cpu.amqp_io,
-            run.versions_cpu.other,
+            cpu_note(run.versions_cpu_us, run.versions_cpu),
             drain.mean_batch,
             run.versions_broker,
             run.versions_database,
@@ -203,6 +197,14 @@ fn host_note(load: procfs::HostLoad) -> String {
         "the machine {} busy, {} of its CPU stolen by the host",
         table::percent(load.busy_pct),
         table::percent(load.stolen_pct)
+    )
+}
+
+/// A drain's CPU per message for its progress line, with its split by thread.
+fn cpu_note(total_us: f64, split: procfs::CpuByThread) -> String {
+    format!(
+        "{total_us:.1} µs CPU/msg (runtime {:.1}, AMQP I/O {:.1}, other {:.1})",
+        split.runtime, split.amqp_io, split.other
     )
 }
 
