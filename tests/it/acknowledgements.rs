@@ -1,14 +1,17 @@
 //! Which frame hands a message back, seen on the wire: RabbitMQ 4.3+ counts a
 //! `basic.reject(requeue)` toward a quorum queue's delivery limit but not a
-//! `basic.nack(requeue)` (3.x counts both, so only the frames tell).
+//! `basic.nack(requeue)` (3.x counts both, so only the frames tell). And the
+//! order they go out in: the worker does not wait for its acks to be written,
+//! so the wire shows that none is left behind its channel's close.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use crate::support::{
     Outgoing, RunningWorker, TestEnv,
     amqp_tap::{Ack, AmqpTap, Method},
     checkin_body,
     proxy::Proxy,
+    wait_until,
 };
 
 fn checkins(n: usize, poison: Option<usize>) -> Vec<Outgoing> {
@@ -30,6 +33,20 @@ fn requeued_nacks(acks: &[Ack]) -> usize {
     acks.iter()
         .filter(|a| a.method == Method::Nack && a.requeue)
         .count()
+}
+
+/// Waits until the broker has sent the worker `n` deliveries in all: from then
+/// on they are the worker's to hand back. Not the queue's ready count: it
+/// falls to 0 when the queue hands a message to the broker's channel process,
+/// which may write the frame later, after the worker's cancel (a stop in that
+/// moment finds nothing delivered: seen once, under a full suite's load).
+async fn wait_for_deliveries(tap: &AmqpTap, n: usize) {
+    wait_until(
+        &format!("{n} deliveries to the worker"),
+        Duration::from_secs(10),
+        || async { tap.delivered() >= n },
+    )
+    .await;
 }
 
 /// A worker consuming through an AMQP tap whose database has just been cut
@@ -87,9 +104,7 @@ async fn shutdown_during_a_database_outage_releases_the_batch_with_nack_and_stop
     env.broker.publish_checkins(&checkins(10, None)).await;
     // The batch is read and retries its write while the database is away.
     let queue = env.broker.topology.checkin_queue.clone();
-    env.broker
-        .wait_for_ready(&queue, 0, "the batch to be taken")
-        .await;
+    wait_for_deliveries(&tap, 10).await;
     let stopping = tokio::time::Instant::now();
     worker.stop().await.unwrap();
     assert!(
@@ -113,16 +128,12 @@ async fn deliveries_waiting_behind_stuck_writes_are_nacked_on_shutdown_not_left_
     let all = checkins(10, None);
     // One message at a time until every write permit is held by a batch
     // retrying against the cut database; the rest wait in the client.
-    for one in all.chunks(1).take(2) {
+    for (taken, one) in all.chunks(1).take(2).enumerate() {
         env.broker.publish_checkins(one).await;
-        env.broker
-            .wait_for_ready(&queue, 0, "the batch to be taken")
-            .await;
+        wait_for_deliveries(&tap, taken + 1).await;
     }
     env.broker.publish_checkins(&all[2..]).await;
-    env.broker
-        .wait_for_ready(&queue, 0, "the rest to be delivered")
-        .await;
+    wait_for_deliveries(&tap, all.len()).await;
     worker.stop().await.unwrap();
     let acks = tap.acks();
     let nacked = requeued_nacks(&acks);
@@ -130,4 +141,69 @@ async fn deliveries_waiting_behind_stuck_writes_are_nacked_on_shutdown_not_left_
     env.broker
         .wait_for_ready(&queue, 10, "the messages to be back")
         .await;
+}
+
+#[tokio::test]
+async fn what_is_acked_before_the_channel_closes_is_exactly_what_was_stored() {
+    let env = TestEnv::new().await;
+    let tap = AmqpTap::start("127.0.0.1:5672".parse().unwrap()).await;
+    let mut settings = env.settings();
+    settings.broker.nodes = vec![tap.url().parse().unwrap()];
+    settings.pipeline.batch_size = 10;
+    settings.pipeline.prefetch = 50;
+    let total = 3000;
+    env.broker.publish_checkins(&checkins(total, None)).await;
+    let worker = RunningWorker::start(settings);
+    // Stopped mid-stream: batches commit, and are acked, up to the moment
+    // the channel closes.
+    env.wait_for_rows("SELECT count(*) FROM clusters_checkins", 100)
+        .await;
+    worker.stop().await.unwrap();
+
+    // One consumer of a fresh queue: the i-th message published (`m-{i}`)
+    // is its delivery i + 1.
+    let stored: BTreeSet<u64> = env
+        .db
+        .texts("SELECT message_id FROM clusters_checkins")
+        .await
+        .iter()
+        .map(|id| id.trim_start_matches("m-").parse::<u64>().unwrap() + 1)
+        .collect();
+    assert!(
+        stored.len() < total,
+        "shutdown struck mid-stream: {} of {total} stored",
+        stored.len()
+    );
+    let sent = tap.acks_and_closes();
+    let first_ack = sent
+        .iter()
+        .find(|a| a.method == Method::Ack)
+        .expect("the worker acked what it stored");
+    let on_channel: Vec<&Ack> = sent
+        .iter()
+        .filter(|a| a.connection == first_ack.connection)
+        .filter(|a| a.channel == first_ack.channel || a.channel == 0)
+        .collect();
+    let close = on_channel
+        .iter()
+        .position(|a| a.method == Method::Close)
+        .expect("the worker closed its channel");
+    let mut acked = BTreeSet::new();
+    for frame in &on_channel[..close] {
+        if frame.method == Method::Ack {
+            let from = if frame.multiple {
+                1
+            } else {
+                frame.delivery_tag
+            };
+            acked.extend(from..=frame.delivery_tag);
+        } else {
+            // What the reader held but no batch took goes back on shutdown.
+            assert!(frame.requeue, "handed back, not dropped: {frame:?}");
+        }
+    }
+    assert_eq!(
+        acked, stored,
+        "acked before the close: every stored message, and nothing else"
+    );
 }

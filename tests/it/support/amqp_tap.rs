@@ -1,6 +1,8 @@
 //! A proxy in front of the broker that records the acknowledgement frames the
-//! worker sends (`basic.ack`, `basic.reject`, `basic.nack`), so a test can see
-//! which one the worker chose — the difference RabbitMQ 4.3 makes in counting
+//! worker sends (`basic.ack`, `basic.reject`, `basic.nack`), and its closes
+//! (`channel.close`, `connection.close`), in the order each connection sent
+//! them, and counts the deliveries the broker sent, so a test can see which
+//! one the worker chose — the difference RabbitMQ 4.3 makes in counting
 //! deliveries, which the local 3.x broker does not show. It can also play a
 //! broker that stops answering: from a chosen method on, nothing the client
 //! sends reaches the broker.
@@ -9,7 +11,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
 };
 
@@ -18,10 +20,12 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-/// One acknowledgement frame, as sent by the client.
+/// One acknowledgement or close frame, as sent by the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
     pub method: Method,
+    /// Which of the client's connections (in the order the tap accepted them).
+    pub connection: usize,
     pub channel: u16,
     pub delivery_tag: u64,
     pub multiple: bool,
@@ -33,12 +37,15 @@ pub enum Method {
     Ack,
     Reject,
     Nack,
+    /// `channel.close` (on its channel) or `connection.close` (channel 0).
+    Close,
 }
 
 pub struct AmqpTap {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Ack>>>,
     held: Arc<AtomicBool>,
+    delivered: Arc<AtomicUsize>,
 }
 
 /// A method frame: class and method ids (AMQP 0-9-1 §1.2).
@@ -59,18 +66,46 @@ impl AmqpTap {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let held = Arc::new(AtomicBool::new(false));
-        let (recorded, holding) = (seen.clone(), held.clone());
+        let delivered = Arc::new(AtomicUsize::new(0));
+        let (recorded, holding, counted) = (seen.clone(), held.clone(), delivered.clone());
         tokio::spawn(async move {
+            let mut connection = 0;
             while let Ok((client, _)) = listener.accept().await {
+                connection += 1;
                 let parser = Parser {
+                    connection,
                     hold,
                     held: holding.clone(),
                     ..Parser::default()
                 };
-                tokio::spawn(forward(client, target, recorded.clone(), parser));
+                let deliveries = Deliveries {
+                    pending: Vec::new(),
+                    count: counted.clone(),
+                };
+                tokio::spawn(forward(
+                    client,
+                    target,
+                    recorded.clone(),
+                    parser,
+                    deliveries,
+                ));
             }
         });
-        AmqpTap { addr, seen, held }
+        AmqpTap {
+            addr,
+            seen,
+            held,
+            delivered,
+        }
+    }
+
+    /// How many `basic.deliver` frames the broker has sent through the tap,
+    /// on every connection. A delivery counted here is on its way to the
+    /// client: a `basic.cancel` the client sends from now on is answered after
+    /// it. (The broker's own counts, a queue's ready messages, fall to 0 a
+    /// moment before the frames go out.)
+    pub fn delivered(&self) -> usize {
+        self.delivered.load(Ordering::SeqCst)
     }
 
     /// Whether a client has sent the held method.
@@ -84,6 +119,15 @@ impl AmqpTap {
 
     /// Every acknowledgement frame seen so far.
     pub fn acks(&self) -> Vec<Ack> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|a| a.method != Method::Close)
+            .copied()
+            .collect()
+    }
+
+    /// Every acknowledgement and close frame seen so far.
+    pub fn acks_and_closes(&self) -> Vec<Ack> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -93,13 +137,26 @@ async fn forward(
     target: SocketAddr,
     seen: Arc<Mutex<Vec<Ack>>>,
     mut parser: Parser,
+    mut deliveries: Deliveries,
 ) {
     let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+    let downstream = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match server_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if client_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+            deliveries.feed(&buffer[..n]);
+        }
+    };
     let upstream = async {
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
@@ -118,8 +175,31 @@ async fn forward(
         let _ = server_write.shutdown().await;
     };
     tokio::select! {
-        _ = downstream => {}
+        () = downstream => {}
         () = upstream => {}
+    }
+}
+
+/// Counts `basic.deliver` (class 60, method 60) in the broker's byte stream,
+/// which has no protocol header.
+struct Deliveries {
+    pending: Vec<u8>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Deliveries {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        while self.pending.len() >= 7 {
+            let size = u32::from_be_bytes(self.pending[3..7].try_into().unwrap()) as usize;
+            if self.pending.len() < 7 + size + 1 {
+                return;
+            }
+            let frame: Vec<u8> = self.pending.drain(..7 + size + 1).collect();
+            if frame[0] == 1 && size >= 4 && frame[7..11] == [0, 60, 0, 60] {
+                self.count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
     }
 }
 
@@ -127,6 +207,7 @@ async fn forward(
 /// channel, size, payload, 0xCE), after the 8-byte protocol header.
 #[derive(Default)]
 struct Parser {
+    connection: usize,
     pending: Vec<u8>,
     header_seen: bool,
     hold: Option<MethodId>,
@@ -162,7 +243,7 @@ impl Parser {
                     self.held.store(true, Ordering::SeqCst);
                 }
                 let channel = u16::from_be_bytes([frame[1], frame[2]]);
-                if let Some(ack) = ack(channel, &frame[7..7 + size]) {
+                if let Some(ack) = ack(self.connection, channel, &frame[7..7 + size]) {
                     seen.lock().unwrap().push(ack);
                 }
             }
@@ -172,10 +253,20 @@ impl Parser {
 
 /// basic (class 60): ack = 80, reject = 90, nack = 120; then the delivery
 /// tag (u64) and a bit octet (multiple = bit 0; requeue = bit 0 of reject,
-/// bit 1 of nack).
-fn ack(channel: u16, payload: &[u8]) -> Option<Ack> {
+/// bit 1 of nack). Closes: `connection.close` (10, 50), `channel.close` (20, 40).
+fn ack(connection: usize, channel: u16, payload: &[u8]) -> Option<Ack> {
     let class = u16::from_be_bytes([payload[0], payload[1]]);
     let method = u16::from_be_bytes([payload[2], payload[3]]);
+    if matches!((class, method), (10, 50) | (20, 40)) {
+        return Some(Ack {
+            method: Method::Close,
+            connection,
+            channel,
+            delivery_tag: 0,
+            multiple: false,
+            requeue: false,
+        });
+    }
     if class != 60 || payload.len() < 13 {
         return None;
     }
@@ -189,6 +280,7 @@ fn ack(channel: u16, payload: &[u8]) -> Option<Ack> {
     };
     Some(Ack {
         method,
+        connection,
         channel,
         delivery_tag,
         multiple,
