@@ -5,7 +5,8 @@
 //! each original is acked by its own task once the broker confirms the copy, or
 //! handed back if it refuses it), then the acks of what was stored.
 //!
-//! Acks of stored messages are one `multiple` ack per batch whenever that
+//! Acks of stored messages are queued on the channel without waiting for them
+//! to be written ([`ack_without_waiting`]). They are one `multiple` ack per batch whenever that
 //! covers nothing undecided: every delivery with a lower tag has been acked or
 //! handed back, *unless* its dead-letter copy is still unconfirmed. Those
 //! originals are tracked ([`Unconfirmed`]); a `multiple` ack never reaches past
@@ -15,11 +16,15 @@
 
 use std::{
     collections::BTreeSet,
+    future::Future,
+    pin::pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
 use lapin::{
+    Channel,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
 };
@@ -44,6 +49,8 @@ const REFUSED_COPY_HOLD: Duration = Duration::from_secs(5);
 
 pub(super) struct Acker {
     queue: String,
+    /// The channel the deliveries came on, which the acks of stored messages go to.
+    channel: Channel,
     breaker: Arc<Breaker>,
     copies: Copies,
 }
@@ -71,9 +78,10 @@ impl Unconfirmed {
 }
 
 impl Acker {
-    pub fn new(context: &QueueContext, breaker: Arc<Breaker>) -> Acker {
+    pub fn new(context: &QueueContext, channel: Channel, breaker: Arc<Breaker>) -> Acker {
         Acker {
             queue: context.queue.clone(),
+            channel,
             breaker,
             copies: Copies {
                 publisher: context.dead_letters.clone(),
@@ -130,13 +138,13 @@ impl Acker {
         for (delivery, rejection) in letters {
             self.copies.start(delivery, rejection);
         }
-        self.ack_stored(&stored).await?;
+        self.ack_stored(&stored)?;
         self.copies.metrics.batch_acknowledged(stored.len());
         Ok(())
     }
 
     /// One `multiple` ack up to the lowest unconfirmed copy, single acks above it.
-    async fn ack_stored(&self, stored: &[Delivery]) -> Result<(), PipelineError> {
+    fn ack_stored(&self, stored: &[Delivery]) -> Result<(), PipelineError> {
         let floor = self
             .copies
             .unconfirmed
@@ -147,12 +155,13 @@ impl Acker {
         let (below, above): (Vec<&Delivery>, Vec<&Delivery>) =
             stored.iter().partition(|d| d.delivery_tag < floor);
         if let Some(last) = below.iter().max_by_key(|d| d.delivery_tag) {
-            let multiple = BasicAckOptions { multiple: true };
-            sent(last.acker.ack(multiple).await, "acking a batch")?;
+            ack_without_waiting(&self.channel, last.delivery_tag, true, "acking a batch")?;
         }
         for delivery in above {
-            sent(
-                delivery.acker.ack(BasicAckOptions::default()).await,
+            ack_without_waiting(
+                &self.channel,
+                delivery.delivery_tag,
+                false,
                 "acking a delivery",
             )?;
         }
@@ -229,6 +238,41 @@ impl Copies {
             () = self.tasks.wait() => {}
             () = abandon.cancelled() => {}
         }
+    }
+}
+
+/// Queues a `basic.ack` on `channel` and returns without waiting for lapin to
+/// write it.
+///
+/// Waiting, as `Delivery::acker` does, costs every batch a round of hand-offs:
+/// lapin's internal command task spawns a task for the ack, and its I/O thread
+/// wakes the runtime again once the frame is out. Nothing here needs to
+/// know when the frame left:
+/// - lapin writes a connection's method frames in the order they were queued,
+///   and the channel's close is queued only after the acker has finished
+///   (`run_queue`), so a close cannot overtake an ack;
+/// - a dead-letter original is acked through its `Delivery::acker`, which is
+///   awaited: it leaves [`Unconfirmed`] only once its frame is out, so no
+///   `multiple` ack queued later can go out before it;
+/// - a frame that is never written means the connection failed, which the
+///   reader and `watch_channel` see; the broker then redelivers whatever was
+///   not acked, and deduplication stores it once.
+///
+/// A channel that is already closing or closed answers on the first poll, and
+/// that error is returned. (`basic.ack` is the same frame on RabbitMQ 3.x and
+/// 4.x.)
+fn ack_without_waiting(
+    channel: &Channel,
+    delivery_tag: u64,
+    multiple: bool,
+    doing: &'static str,
+) -> Result<(), PipelineError> {
+    // The frame is queued on the first poll; what is left (the promise of its
+    // write) is dropped unpolled, so lapin's thread has no one to wake.
+    let ack = pin!(channel.basic_ack(delivery_tag, BasicAckOptions { multiple }));
+    match ack.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Err(source)) => Err(BrokerError::Channel { doing, source }.into()),
+        Poll::Ready(Ok(())) | Poll::Pending => Ok(()),
     }
 }
 

@@ -72,22 +72,6 @@ impl Decided {
     }
 }
 
-/// Decides one batch and acknowledges it (the seam tests drive one batch
-/// through; the pipeline's acker does the same in batch order).
-pub async fn process_batch(
-    context: &QueueContext,
-    deliveries: Vec<Delivery>,
-) -> Result<BatchReport, PipelineError> {
-    let decided = decide(context, deliveries).await?;
-    let report = decided.report.clone();
-    let breaker = super::breaker::Breaker::new(context.settings.first_pause);
-    let acker = super::acker::Acker::new(context, std::sync::Arc::new(breaker));
-    let copies = acker.copies();
-    acker.acknowledge(decided).await?;
-    copies.wait_for_confirms(&context.abandon).await;
-    Ok(report)
-}
-
 /// Parses every delivery, writes the valid ones, and gives each its verdict.
 /// Transient database errors are retried (see [`super::retry`]) until they
 /// pass, shutdown comes (the batch is released), or the channel is lost (the

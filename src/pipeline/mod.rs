@@ -36,7 +36,7 @@ mod metrics;
 mod reader;
 mod retry;
 
-pub use decide::{BatchReport, Decided, Verdict, decide, process_batch};
+pub use decide::{BatchReport, Decided, Verdict, decide};
 pub use metrics::QueueMetrics;
 
 use std::sync::Arc;
@@ -135,7 +135,7 @@ pub async fn run_queue(
     tracing::info!(queue = %queue, "consuming");
     let (to_acker, in_order) = mpsc::channel(context.kind.in_flight());
     let breaker = Arc::new(breaker::Breaker::new(context.settings.first_pause));
-    let acker = acker::Acker::new(&context, breaker.clone());
+    let acker = acker::Acker::new(&context, channel.clone(), breaker.clone());
     let copies = acker.copies();
     let acking = tokio::spawn(acker.run(in_order));
     let watching = tokio::spawn(watch_channel(channel.clone(), context.abandon.clone()));
