@@ -244,10 +244,11 @@ impl Copies {
 /// Queues a `basic.ack` on `channel` and returns without waiting for lapin to
 /// write it.
 ///
-/// Waiting, as `Delivery::acker` does, costs every batch a round of hand-offs:
-/// lapin's internal command task spawns a task for the ack, and its I/O thread
-/// wakes the runtime again once the frame is out. Nothing here needs to
-/// know when the frame left:
+/// `Delivery::acker` goes through lapin's internal command task, which wakes
+/// lapin's I/O thread for the command, spawns a task that queues the frame
+/// (waking it again), and is woken back once the frame is out: at 1,000
+/// checkins/s a fifth of the worker's context switches (BENCHMARKS.md, "Acks
+/// nobody waits for"). Nothing here needs to know when the frame left:
 /// - lapin writes a connection's method frames in the order they were queued,
 ///   and the channel's close is queued only after the acker has finished
 ///   (`run_queue`), so a close cannot overtake an ack;
@@ -267,8 +268,8 @@ fn ack_without_waiting(
     multiple: bool,
     doing: &'static str,
 ) -> Result<(), PipelineError> {
-    // The frame is queued on the first poll; what is left (the promise of its
-    // write) is dropped unpolled, so lapin's thread has no one to wake.
+    // The frame is queued on the first poll; what is left (the wait for its
+    // write) is dropped, so lapin's thread has no one to wake.
     let ack = pin!(channel.basic_ack(delivery_tag, BasicAckOptions { multiple }));
     match ack.poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(Err(source)) => Err(BrokerError::Channel { doing, source }.into()),
