@@ -138,10 +138,9 @@ impl BenchEnv {
     }
 
     pub async fn drop_all(self) {
-        let channel = match self.connection.create_channel().await {
-            Ok(channel) => channel,
-            Err(_) => return,
-        };
+        // A channel of its own for each delete: a refused one closes its
+        // channel, and must not leave the rest behind (twice on the
+        // thirty-first machine, three queues and every exchange stayed).
         let t = &self.topology;
         for queue in [
             &t.checkin_queue,
@@ -149,14 +148,29 @@ impl BenchEnv {
             &t.dead_letter_queue,
             &t.unrouted_queue(),
         ] {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
+            let deleted = match self.connection.create_channel().await {
+                Ok(channel) => channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await
+                    .map(drop),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = deleted {
+                eprintln!("wfm-bench: could not delete queue {queue}: {error}");
+            }
         }
         for exchange in [&t.exchange, &t.dead_letter_exchange, &t.unrouted_exchange()] {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
+            let deleted = match self.connection.create_channel().await {
+                Ok(channel) => {
+                    channel
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = deleted {
+                eprintln!("wfm-bench: could not delete exchange {exchange}: {error}");
+            }
         }
         let _ = self.connection.close(200, "".into()).await;
         if let Ok(admin) = connect(&self.admin_url).await {
