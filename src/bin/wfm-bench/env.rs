@@ -148,27 +148,24 @@ impl BenchEnv {
             &t.dead_letter_queue,
             &t.unrouted_queue(),
         ] {
-            let deleted = match self.connection.create_channel().await {
-                Ok(channel) => channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await
-                    .map(drop),
-                Err(error) => Err(error),
+            let deleted = async {
+                let channel = self.connection.create_channel().await?;
+                let options = QueueDeleteOptions::default();
+                channel.queue_delete(queue.as_str().into(), options).await
             };
-            if let Err(error) = deleted {
+            if let Err(error) = deleted.await {
                 eprintln!("wfm-bench: could not delete queue {queue}: {error}");
             }
         }
         for exchange in [&t.exchange, &t.dead_letter_exchange, &t.unrouted_exchange()] {
-            let deleted = match self.connection.create_channel().await {
-                Ok(channel) => {
-                    channel
-                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                        .await
-                }
-                Err(error) => Err(error),
+            let deleted = async {
+                let channel = self.connection.create_channel().await?;
+                let options = ExchangeDeleteOptions::default();
+                channel
+                    .exchange_delete(exchange.as_str().into(), options)
+                    .await
             };
-            if let Err(error) = deleted {
+            if let Err(error) = deleted.await {
                 eprintln!("wfm-bench: could not delete exchange {exchange}: {error}");
             }
         }

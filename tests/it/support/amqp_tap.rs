@@ -190,21 +190,24 @@ struct Deliveries {
 impl Deliveries {
     fn feed(&mut self, bytes: &[u8]) {
         self.pending.extend_from_slice(bytes);
-        while self.pending.len() >= 7 {
-            let size = u32::from_be_bytes(self.pending[3..7].try_into().unwrap()) as usize;
-            if self.pending.len() < 7 + size + 1 {
-                return;
-            }
-            let frame: Vec<u8> = self.pending.drain(..7 + size + 1).collect();
-            if frame[0] == 1 && size >= 4 && frame[7..11] == [0, 60, 0, 60] {
+        while let Some(frame) = next_frame(&mut self.pending) {
+            if frame[0] == 1 && frame.len() >= 12 && frame[7..11] == [0, 60, 0, 60] {
                 self.count.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
 }
 
-/// Splits the client's byte stream into frames (AMQP 0-9-1 §4.2.3: type,
-/// channel, size, payload, 0xCE), after the 8-byte protocol header.
+/// Takes the next whole frame (AMQP 0-9-1 §4.2.3: type, channel, size,
+/// payload, 0xCE) off the front of `pending`, if it has arrived.
+fn next_frame(pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let size = u32::from_be_bytes(pending.get(3..7)?.try_into().unwrap()) as usize;
+    let end = 7 + size + 1;
+    (pending.len() >= end).then(|| pending.drain(..end).collect())
+}
+
+/// Splits the client's byte stream into frames ([`next_frame`]), after the
+/// 8-byte protocol header.
 #[derive(Default)]
 struct Parser {
     connection: usize,
@@ -227,12 +230,8 @@ impl Parser {
             self.pending.drain(..8);
             self.header_seen = true;
         }
-        while self.pending.len() >= 7 {
-            let size = u32::from_be_bytes(self.pending[3..7].try_into().unwrap()) as usize;
-            if self.pending.len() < 7 + size + 1 {
-                return;
-            }
-            let frame: Vec<u8> = self.pending.drain(..7 + size + 1).collect();
+        while let Some(frame) = next_frame(&mut self.pending) {
+            let size = frame.len() - 8;
             if frame[0] == 1 {
                 let id = (
                     u16::from_be_bytes([frame[7], frame[8]]),
