@@ -1,6 +1,6 @@
 //! A private database and topology per phase, and the helpers phases share.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use lapin::{
     Channel, Connection, ConnectionProperties, Consumer,
@@ -18,6 +18,42 @@ use wfm_worker::{
 
 use crate::payload;
 
+/// The locale every database of this run is created in (`--db-locale`); unset,
+/// the server's default. Set once, before the first phase.
+static DB_LOCALE: OnceLock<String> = OnceLock::new();
+
+/// Creates the run's databases in `locale` (collation and character type),
+/// from `template0`: production databases need not share this server's
+/// default (RDS creates them in `en_US.UTF-8`), and what the database's text
+/// comparisons cost depends on it.
+pub fn set_db_locale(locale: String) -> anyhow::Result<()> {
+    // Spliced into CREATE DATABASE, which takes no parameters: names only.
+    anyhow::ensure!(
+        !locale.is_empty()
+            && locale
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b)),
+        "--db-locale {locale:?}: not a locale name"
+    );
+    DB_LOCALE
+        .set(locale)
+        .map_err(|_| anyhow::anyhow!("the database locale is already set"))
+}
+
+/// The locale set by [`set_db_locale`], if any.
+pub fn db_locale() -> Option<&'static str> {
+    DB_LOCALE.get().map(String::as_str)
+}
+
+fn create_database(name: &str) -> String {
+    match DB_LOCALE.get() {
+        Some(locale) => format!(
+            "CREATE DATABASE {name} TEMPLATE template0 LC_COLLATE '{locale}' LC_CTYPE '{locale}'"
+        ),
+        None => format!("CREATE DATABASE {name}"),
+    }
+}
+
 pub struct BenchEnv {
     pub admin_url: String,
     pub amqp_url: String,
@@ -32,7 +68,7 @@ impl BenchEnv {
         let db_name = format!("wfm_bench_{tag}");
         connect(admin_url)
             .await?
-            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .batch_execute(&create_database(&db_name))
             .await?;
         let topology = Topology {
             exchange: format!("wfm-bench-{tag}"),

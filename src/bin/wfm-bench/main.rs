@@ -111,6 +111,11 @@ struct Args {
     /// Pairs of runs for the side-by-side measurements: (8), (12), (15).
     #[arg(long, default_value_t = 5)]
     pairs: usize,
+    /// Create every database in this locale (collation and character type,
+    /// from template0), e.g. `en_US.UTF-8` as RDS creates them; by default the
+    /// server's own. It must be installed where PostgreSQL runs.
+    #[arg(long)]
+    db_locale: Option<String>,
     /// The script that runs private RabbitMQ nodes.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster.sh"))]
     cluster_script: PathBuf,
@@ -119,6 +124,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(locale) = args.db_locale.clone() {
+        env::set_db_locale(locale)?;
+    }
     let exe = args.worker.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .expect("own path")
@@ -223,7 +231,8 @@ pub(crate) async fn machine_facts() -> String {
     );
     let rabbitmq = output("rabbitmqctl", &["version"]);
     format!(
-        "{cores} cores ({cpu}); PostgreSQL {postgres}; RabbitMQ {rabbitmq}; {}; wfm-worker {}",
+        "{cores} cores ({cpu}); PostgreSQL {postgres}, databases in {}; RabbitMQ {rabbitmq}; {}; wfm-worker {}",
+        env::db_locale().unwrap_or("the server's default locale"),
         output("rustc", &["--version"]),
         env!("CARGO_PKG_VERSION")
     )
