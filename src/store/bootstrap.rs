@@ -36,6 +36,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_versions_data_repair"),
     migration!(6, "0006_checkin_history"),
     migration!(7, "0007_clusters_fillfactor"),
+    migration!(8, "0008_version_publishes_bytewise_keys"),
 ];
 
 /// The session advisory lock a bootstrap holds. Arbitrary but fixed: every

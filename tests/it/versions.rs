@@ -1,6 +1,7 @@
 //! Version events: insert, and replace on a later publish of the same triple.
 
 use wfm_worker::{
+    app,
     message::{Item, Limits, VersionEvent},
     store,
 };
@@ -262,4 +263,66 @@ async fn the_version_upsert_settles_on_one_plan_per_connection() {
     }
     let planned = plans(&conn, "INSERT INTO version_publishes").await;
     assert_settled_on_one_plan(planned, BATCHES as i64);
+}
+
+/// `sql/0008` moves `version_publishes`' key to bytewise comparison. A database
+/// that already holds publish times (the schema as it stood before) keeps them,
+/// and they still decide: an older publish is refused, a newer one replaces.
+#[tokio::test]
+async fn publish_times_recorded_before_the_keys_became_bytewise_still_decide() {
+    let db = TestDb::create().await;
+    let pool = db.bootstrapped_pool().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            r#"ALTER TABLE version_publishes
+                   ALTER COLUMN component_name TYPE varchar(32) COLLATE "default",
+                   ALTER COLUMN train TYPE varchar(24) COLLATE "default",
+                   ALTER COLUMN version TYPE varchar(32) COLLATE "default";
+               DELETE FROM schema_migrations WHERE version = 8"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(key_collations(&client).await, "default,default,default");
+    let write = |notes: &'static str, at: u64| {
+        let pool = pool.clone();
+        async move {
+            let body = version_body("rôuter", "stable", "v1", "2016-08-02T17:00:00Z", notes);
+            let mut envelope = received(&body, notes);
+            envelope.timestamp_secs = Some(at);
+            let event = VersionEvent::parse(&envelope, &Limits::default()).unwrap();
+            let mut conn = pool.get().await.unwrap();
+            let item = Item {
+                index: 0,
+                value: event,
+            };
+            store::write_versions(&mut conn, &[item]).await.unwrap();
+        }
+    };
+    write("newer", 1_600_000_000).await;
+
+    assert_eq!(app::bootstrap(&db.settings()).await.unwrap(), 1);
+    assert_eq!(key_collations(&client).await, "C,C,C");
+
+    write("older", 1_500_000_000).await;
+    let stored = || async {
+        let row = client.query_one(NOTES, &[]).await.unwrap();
+        row.get::<_, String>(0)
+    };
+    assert_eq!(stored().await, "newer", "the older publish refused");
+    write("newest", 1_700_000_000).await;
+    assert_eq!(stored().await, "newest", "the newer publish replaces");
+    assert_eq!(db.count(VERSIONS).await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM version_publishes").await, 1);
+}
+
+/// The collations of `version_publishes`' primary key, column by column.
+async fn key_collations(client: &tokio_postgres::Client) -> String {
+    const KEY_COLLATIONS: &str = "
+        SELECT string_agg(c.collname, ',' ORDER BY k.n)
+          FROM pg_index i,
+               unnest(i.indcollation::oid[]) WITH ORDINALITY AS k(oid, n)
+          JOIN pg_collation c ON c.oid = k.oid
+         WHERE i.indrelid = 'version_publishes'::regclass AND i.indisprimary";
+    client.query_one(KEY_COLLATIONS, &[]).await.unwrap().get(0)
 }
