@@ -6,13 +6,13 @@
 //! handed back if it refuses it), then the acks of what was stored.
 //!
 //! Acks of stored messages are queued on the channel without waiting for them
-//! to be written ([`ack_without_waiting`]). They are one `multiple` ack per batch whenever that
-//! covers nothing undecided: every delivery with a lower tag has been acked or
-//! handed back, *unless* its dead-letter copy is still unconfirmed. Those
-//! originals are tracked ([`Unconfirmed`]); a `multiple` ack never reaches past
-//! the lowest of them, and stored messages above it are acked one by one. So
-//! a broker that blocks publishing (a resource alarm) holds back only the
-//! originals of the copies, never the rest of the stream.
+//! to be written ([`ack_without_waiting`]). They are one `multiple` ack per
+//! batch whenever that covers nothing undecided: every delivery with a lower
+//! tag has been acked or handed back, *unless* its dead-letter copy is still
+//! unconfirmed. Those originals are tracked ([`Unconfirmed`]); a `multiple` ack
+//! never reaches past the lowest of them, and stored messages above it are
+//! acked one by one. So a broker that blocks publishing (a resource alarm)
+//! holds back only the originals of the copies, never the rest of the stream.
 
 use std::{
     collections::BTreeSet,

@@ -17,7 +17,7 @@ use std::{
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, tcp::OwnedReadHalf},
 };
 
 /// One acknowledgement or close frame, as sent by the client.
@@ -146,11 +146,7 @@ async fn forward(
     let (mut server_read, mut server_write) = server.into_split();
     let downstream = async {
         let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            let n = match server_read.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
+        while let Some(n) = next_chunk(&mut server_read, &mut buffer).await {
             if client_write.write_all(&buffer[..n]).await.is_err() {
                 break;
             }
@@ -159,11 +155,7 @@ async fn forward(
     };
     let upstream = async {
         let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            let n = match client_read.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
+        while let Some(n) = next_chunk(&mut client_read, &mut buffer).await {
             parser.feed(&buffer[..n], &seen);
             if parser.holding {
                 continue;
@@ -177,6 +169,15 @@ async fn forward(
     tokio::select! {
         () = downstream => {}
         () = upstream => {}
+    }
+}
+
+/// The length of the next chunk read into `buffer`; `None` once the stream
+/// has ended or failed.
+async fn next_chunk(reader: &mut OwnedReadHalf, buffer: &mut [u8]) -> Option<usize> {
+    match reader.read(buffer).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(n),
     }
 }
 
