@@ -3,7 +3,7 @@
 //! short reason, and no message affects another's progress, the connection or
 //! shutdown.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use lapin::message::BasicGetMessage;
 use tokio::time::Instant;
@@ -19,7 +19,7 @@ use crate::support::{
     checkin_body, header,
     hostile::{Case, Expect, cases},
     process::{free_port, signal, worker_command},
-    sample, wait_until,
+    sample, wait_for_ready, wait_until,
 };
 
 const OTHER: &str = "0f8e1c0d-9b7a-4f7e-9a3b-5e2a4d3c6c1f";
@@ -32,15 +32,6 @@ fn neighbours(prefix: &str, n: usize) -> Vec<Outgoing> {
                 .id(format!("{prefix}-{i}"))
         })
         .collect()
-}
-
-async fn wait_for_ready(addr: SocketAddr) {
-    wait_until(
-        "the worker to be ready",
-        Duration::from_secs(30),
-        || async { matches!(http::get(addr, "/readyz").await, Ok((200, _))) },
-    )
-    .await;
 }
 
 /// Where each case ended: rows with its marker (or component), and copies.

@@ -3,11 +3,11 @@
 //! query is one it exports. (The manifests' schemas are checked by
 //! scripts/validate-manifests.sh.)
 
-use std::{collections::BTreeSet, net::SocketAddr, process::Stdio, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, process::Stdio};
 
 use wfm_worker::http;
 
-use crate::support::{TestEnv, process, wait_until};
+use crate::support::{TestEnv, process, wait_for_ready};
 
 const RULES: &str = include_str!("../../deploy/kubernetes/prometheusrule.yaml");
 const DASHBOARD: &str = include_str!("../../deploy/kubernetes/grafana-dashboard.json");
@@ -97,12 +97,7 @@ async fn alerts_and_dashboard_query_only_what_a_worker_started_with_the_shipped_
         .arg("run")
         .spawn()
         .unwrap();
-    wait_until(
-        "the worker started with the shipped config to be ready",
-        Duration::from_secs(30),
-        || async { matches!(http::get(addr, "/readyz").await, Ok((200, _))) },
-    )
-    .await;
+    wait_for_ready(addr).await;
     let (_, text) = http::get(addr, "/metrics").await.unwrap();
     let series: Vec<&str> = text.lines().filter(|l| l.starts_with("wfm_")).collect();
     let of = |name: &str| -> Vec<&str> {

@@ -53,6 +53,18 @@ fn init_logs() {
     }
 }
 
+/// Waits until the worker serving HTTP on `addr` answers `/readyz` with 200:
+/// bootstrapped, connected, its database well, and every queue's reader
+/// consuming (past the broker's consume-ok, which a consumer count shows).
+pub async fn wait_for_ready(addr: std::net::SocketAddr) {
+    wait_until(
+        "the worker to be ready",
+        Duration::from_secs(30),
+        || async { matches!(wfm_worker::http::get(addr, "/readyz").await, Ok((200, _))) },
+    )
+    .await;
+}
+
 /// Polls `condition` with backoff until it holds; panics naming `what` at the deadline.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
 where
