@@ -4,8 +4,9 @@
 //! them, and counts the deliveries the broker sent, so a test can see which
 //! one the worker chose — the difference RabbitMQ 4.3 makes in counting
 //! deliveries, which the local 3.x broker does not show. It can also play a
-//! broker that stops answering: from a chosen method on, nothing the client
-//! sends reaches the broker.
+//! broker that stops answering: from a chosen method frame on, nothing the
+//! client sends reaches the broker, for ever or until the test releases it
+//! (a broker that answers late).
 
 use std::{
     net::SocketAddr,
@@ -18,6 +19,7 @@ use std::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, tcp::OwnedReadHalf},
+    sync::watch,
 };
 
 /// One acknowledgement or close frame, as sent by the client.
@@ -46,6 +48,17 @@ pub struct AmqpTap {
     seen: Arc<Mutex<Vec<Ack>>>,
     held: Arc<AtomicBool>,
     delivered: Arc<AtomicUsize>,
+    release: watch::Sender<bool>,
+}
+
+/// Where a tap holds a client's frames, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Hold {
+    pub method: MethodId,
+    /// Held from the `nth` such frame on a connection (1: the first).
+    pub nth: usize,
+    /// Until [`AmqpTap::release`] (then forwarded, in order), or for ever.
+    pub until_released: bool,
 }
 
 /// A method frame: class and method ids (AMQP 0-9-1 §1.2).
@@ -53,6 +66,8 @@ pub type MethodId = (u16, u16);
 
 /// `queue.declare`.
 pub const QUEUE_DECLARE: MethodId = (50, 10);
+/// `basic.consume`.
+pub const BASIC_CONSUME: MethodId = (60, 20);
 
 impl AmqpTap {
     pub async fn start(target: SocketAddr) -> AmqpTap {
@@ -62,6 +77,18 @@ impl AmqpTap {
     /// From the first `hold` method frame a client sends on, that client's
     /// bytes go nowhere: the broker never answers it.
     pub async fn start_holding(target: SocketAddr, hold: Option<MethodId>) -> AmqpTap {
+        let hold = hold.map(|method| Hold {
+            method,
+            nth: 1,
+            until_released: false,
+        });
+        Self::start_with(target, hold).await
+    }
+
+    /// From the held frame on, a client's frames wait in the tap (those
+    /// before it go on) until [`Self::release`], or for ever.
+    pub async fn start_with(target: SocketAddr, hold: Option<Hold>) -> AmqpTap {
+        let (release, released) = watch::channel(false);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -78,6 +105,7 @@ impl AmqpTap {
                     held: holding.clone(),
                     ..Parser::default()
                 };
+                let released = released.clone();
                 let deliveries = Deliveries {
                     pending: Vec::new(),
                     count: counted.clone(),
@@ -88,6 +116,7 @@ impl AmqpTap {
                     recorded.clone(),
                     parser,
                     deliveries,
+                    released,
                 ));
             }
         });
@@ -96,7 +125,13 @@ impl AmqpTap {
             seen,
             held,
             delivered,
+            release,
         }
+    }
+
+    /// Lets frames held until released go on to the broker.
+    pub fn release(&self) {
+        self.release.send_replace(true);
     }
 
     /// How many `basic.deliver` frames the broker has sent through the tap,
@@ -138,6 +173,7 @@ async fn forward(
     seen: Arc<Mutex<Vec<Ack>>>,
     mut parser: Parser,
     mut deliveries: Deliveries,
+    mut released: watch::Receiver<bool>,
 ) {
     let Ok(server) = TcpStream::connect(target).await else {
         return;
@@ -155,14 +191,31 @@ async fn forward(
     };
     let upstream = async {
         let mut buffer = vec![0u8; 64 * 1024];
+        let mut outgoing = Vec::new();
         while let Some(n) = next_chunk(&mut client_read, &mut buffer).await {
-            parser.feed(&buffer[..n], &seen);
-            if parser.holding {
-                continue;
+            let held_from = parser.feed(&buffer[..n], &seen, &mut outgoing);
+            if let Some(at) = held_from {
+                // Frame by frame: what came before the held frame goes on.
+                let before: Vec<u8> = outgoing.drain(..at).collect();
+                if server_write.write_all(&before).await.is_err() {
+                    break;
+                }
             }
-            if server_write.write_all(&buffer[..n]).await.is_err() {
+            if parser.holding {
+                if !parser.hold.is_some_and(|h| h.until_released)
+                    || released.wait_for(|r| *r).await.is_err()
+                {
+                    // Held for ever (or the tap is gone): nothing more goes on.
+                    outgoing.clear();
+                    continue;
+                }
+                parser.holding = false;
+                parser.hold = None;
+            }
+            if server_write.write_all(&outgoing).await.is_err() {
                 break;
             }
+            outgoing.clear();
         }
         let _ = server_write.shutdown().await;
     };
@@ -214,33 +267,49 @@ struct Parser {
     connection: usize,
     pending: Vec<u8>,
     header_seen: bool,
-    hold: Option<MethodId>,
-    /// This connection sent the held method: nothing more is forwarded.
+    hold: Option<Hold>,
+    /// How many frames of the held method this connection sent.
+    seen_of_held: usize,
+    /// This connection sent the held frame: nothing more is forwarded (until released).
     holding: bool,
     /// Any connection did.
     held: Arc<AtomicBool>,
 }
 
 impl Parser {
-    fn feed(&mut self, bytes: &[u8], seen: &Mutex<Vec<Ack>>) {
+    /// Parses `bytes`, appending each whole frame (and the protocol header) to
+    /// `outgoing`; where the held frame begins in `outgoing`, if it came now.
+    fn feed(
+        &mut self,
+        bytes: &[u8],
+        seen: &Mutex<Vec<Ack>>,
+        outgoing: &mut Vec<u8>,
+    ) -> Option<usize> {
         self.pending.extend_from_slice(bytes);
         if !self.header_seen {
             if self.pending.len() < 8 {
-                return;
+                return None;
             }
-            self.pending.drain(..8);
+            outgoing.extend(self.pending.drain(..8));
             self.header_seen = true;
         }
+        let mut held_from = None;
         while let Some(frame) = next_frame(&mut self.pending) {
             let size = frame.len() - 8;
+            let starts_at = outgoing.len();
+            outgoing.extend_from_slice(&frame);
             if frame[0] == 1 {
                 let id = (
                     u16::from_be_bytes([frame[7], frame[8]]),
                     u16::from_be_bytes([frame[9], frame[10]]),
                 );
-                if self.hold == Some(id) {
-                    self.holding = true;
-                    self.held.store(true, Ordering::SeqCst);
+                if let Some(hold) = self.hold.filter(|h| h.method == id && !self.holding) {
+                    self.seen_of_held += 1;
+                    if self.seen_of_held == hold.nth {
+                        self.holding = true;
+                        self.held.store(true, Ordering::SeqCst);
+                        held_from = Some(starts_at);
+                    }
                 }
                 let channel = u16::from_be_bytes([frame[1], frame[2]]);
                 if let Some(ack) = ack(self.connection, channel, &frame[7..7 + size]) {
@@ -248,6 +317,7 @@ impl Parser {
                 }
             }
         }
+        held_from
     }
 }
 

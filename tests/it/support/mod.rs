@@ -171,6 +171,11 @@ impl RunningWorker {
             .expect("worker task does not panic")
     }
 
+    /// Requests a graceful shutdown without waiting for it.
+    pub fn request_stop(&self) {
+        self.token.cancel();
+    }
+
     /// Requests a graceful shutdown and returns how the worker ended.
     pub async fn stop(self) -> Result<(), RunError> {
         self.token.cancel();
