@@ -2,8 +2,11 @@
 //! the dead-letter connection beside it), declare the topology, consume,
 //! supervise; reconnect with backoff.
 
+use std::time::Duration;
+
 use futures_util::future::try_join_all;
 use lapin::Connection;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{RunError, Worker, gauges, retry::Retry, supervise};
@@ -147,8 +150,8 @@ impl Worker<'_> {
         result
     }
 
-    /// A step before any delivery is taken (connecting, declaring, opening
-    /// consumers): shutdown does not wait for it. Each is a broker round trip
+    /// A step before any delivery can arrive (connecting, declaring):
+    /// shutdown does not wait for it. Each is a broker round trip
     /// with no time-out of its own, and a node that is starting or stopping
     /// can leave one unanswered for long; with nothing consumed yet, there is
     /// nothing to finish or hand back.
@@ -160,6 +163,44 @@ impl Worker<'_> {
             biased;
             () = self.shutdown.cancelled() => Ok(None),
             done = step => done.map(Some).map_err(Into::into),
+        }
+    }
+
+    /// Opening the consumers: the one start-up step a stop lets finish. Once
+    /// the broker has sent one consume-ok it delivers, and what it delivered
+    /// must go back with `basic.nack` (the readers do that when they start
+    /// stopped), not with the connection's close: on RabbitMQ 4.3+ a close
+    /// counts a delivery attempt against each message, a nack does not; 3.x
+    /// counts both. A broker that does not answer is waited for no longer
+    /// than the shutdown timeout; then the close hands back what it sent.
+    ///
+    /// Gives the opened step's value and the time left for the rest of the
+    /// shutdown: all of it unless a stop came while opening.
+    async fn opening_through_a_stop<T, E: Into<RunError>>(
+        &self,
+        step: impl Future<Output = Result<T, E>>,
+    ) -> Result<Option<(T, Duration)>, RunError> {
+        let timeout = self.settings.shutdown_timeout;
+        if self.shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        let mut step = std::pin::pin!(step);
+        tokio::select! {
+            done = &mut step => return done.map(|opened| Some((opened, timeout))).map_err(Into::into),
+            () = self.shutdown.cancelled() => {}
+        }
+        let deadline = Instant::now() + timeout;
+        match tokio::time::timeout_at(deadline, step).await {
+            Ok(done) => done
+                .map(|opened| Some((opened, deadline.saturating_duration_since(Instant::now()))))
+                .map_err(Into::into),
+            Err(_) => {
+                tracing::warn!(
+                    ?timeout,
+                    "the broker did not finish opening the consumers before the shutdown timeout; closing"
+                );
+                Ok(None)
+            }
         }
     }
 
@@ -185,9 +226,9 @@ impl Worker<'_> {
         );
         let sampling = broker::open_channel(connection, "opening the sampling channel");
         let opened = self
-            .unless_shutdown(async { tokio::try_join!(consumers, sampling) })
+            .opening_through_a_stop(async { tokio::try_join!(consumers, sampling) })
             .await?;
-        let Some((consumers, sampling)) = opened else {
+        let Some(((consumers, sampling), shutdown_timeout)) = opened else {
             return Ok(());
         };
         let stop = self.shutdown.child_token();
@@ -214,15 +255,18 @@ impl Worker<'_> {
             stop.clone(),
         ));
         retry.reset();
-        tracing::info!("connected and consuming");
+        if stop.is_cancelled() {
+            tracing::info!("stopping as consumption starts: handing back what was delivered");
+        } else {
+            tracing::info!("connected and consuming");
+        }
         let sampler = tokio::spawn(gauges::sample(
             sampling.clone(),
             pool.clone(),
             topology.clone(),
             stop.clone(),
         ));
-        let result =
-            supervise::supervise(tasks, &stop, &abandon, self.settings.shutdown_timeout).await;
+        let result = supervise::supervise(tasks, &stop, &abandon, shutdown_timeout).await;
         stop.cancel();
         // Only gauges: not worth waiting for a broker that does not answer.
         sampler.abort();

@@ -53,10 +53,10 @@ async fn wait_for_deliveries(tap: &AmqpTap, n: usize) {
 /// A worker consuming through an AMQP tap whose database has just been cut
 /// off (through a proxy of the test's own).
 ///
-/// Consuming means its readers run, not only that the broker counts its
-/// consumers: between the last consume-ok and the readers' start, a stop ends
-/// the start-up, and what was delivered meanwhile goes back with the
-/// connection's close, not with a nack (seen in 2 of 8 runs on a slow machine).
+/// Consuming means its readers run (`/readyz`), not only that the broker
+/// counts its consumers: the cut must find start-up over, so that what these
+/// tests stop is the pipeline's own shutdown. (A stop while consumers open
+/// has its own test, in `shutdown`.)
 async fn consuming_with_the_database_cut() -> (TestEnv, AmqpTap, Proxy, RunningWorker) {
     let env = TestEnv::new().await;
     let tap = AmqpTap::start("127.0.0.1:5672".parse().unwrap()).await;

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use crate::support::{
     Outgoing, RunningWorker, TestEnv,
-    amqp_tap::{AmqpTap, QUEUE_DECLARE},
-    checkin_body, wait_until,
+    amqp_tap::{AmqpTap, BASIC_CONSUME, Hold, Method, QUEUE_DECLARE},
+    checkin_body, version_body, wait_until,
 };
 
 const TOTAL: i64 = 3000;
@@ -89,4 +89,106 @@ async fn a_broker_that_stops_answering_during_start_up_does_not_hold_up_shutdown
         "stopped in {:?}",
         stopping.elapsed()
     );
+}
+
+/// Ten checkins and ten version events, waiting in their queues.
+async fn both_queues_filled(env: &TestEnv) {
+    let checkins: Vec<_> = (0..10)
+        .map(|i| {
+            let cluster = format!("00000000-0000-4000-8000-{i:012}");
+            Outgoing::new(checkin_body(&cluster, "early")).id(format!("c-{i}"))
+        })
+        .collect();
+    let versions: Vec<_> = (0..10)
+        .map(|i| {
+            let body = version_body(
+                "deis-router",
+                "stable",
+                &format!("v{i}"),
+                "2016-08-02T17:00:00Z",
+                "early",
+            );
+            Outgoing::new(body).id(format!("v-{i}"))
+        })
+        .collect();
+    env.broker.publish_checkins(&checkins).await;
+    env.broker.publish_versions(&versions).await;
+}
+
+/// Starts a worker whose broker holds back the answer to its second
+/// `basic.consume`: one queue's consumer is open and receiving, the other not
+/// yet, so start-up is not over. Returns once the open one has its ten.
+async fn stopping_point(env: &TestEnv, until_released: bool) -> (AmqpTap, RunningWorker) {
+    let hold = Hold {
+        method: BASIC_CONSUME,
+        nth: 2,
+        until_released,
+    };
+    let tap = AmqpTap::start_with("127.0.0.1:5672".parse().unwrap(), Some(hold)).await;
+    let mut settings = env.settings();
+    settings.broker.nodes = vec![tap.url().parse().unwrap()];
+    settings.shutdown_timeout = Duration::from_secs(2);
+    let worker = RunningWorker::start(settings);
+    wait_until(
+        "one queue's ten deliveries while the other consumer opens",
+        Duration::from_secs(10),
+        || async { tap.held() && tap.delivered() >= 10 },
+    )
+    .await;
+    (tap, worker)
+}
+
+async fn wait_for_all_back(env: &TestEnv) {
+    let topology = &env.broker.topology;
+    for queue in [&topology.checkin_queue, &topology.version_queue] {
+        env.broker
+            .wait_for_ready(queue, 10, "the messages to be back")
+            .await;
+    }
+}
+
+/// RabbitMQ 4.3+ counts a closing channel's deliveries toward their delivery
+/// limit and not a `basic.nack`, so a stop as consumption starts lets the
+/// consumers finish opening and hands back what they received with nack.
+#[tokio::test]
+async fn a_stop_while_consumers_open_hands_back_their_deliveries_with_nack_not_the_close() {
+    let env = TestEnv::new().await;
+    both_queues_filled(&env).await;
+    let (tap, worker) = stopping_point(&env, true).await;
+    worker.request_stop();
+    tap.release();
+    worker.stop().await.expect("a clean stop");
+    let acks = tap.acks();
+    let nacked = acks
+        .iter()
+        .filter(|a| a.method == Method::Nack && a.requeue)
+        .count();
+    assert!(
+        nacked >= 10 && nacked == tap.delivered(),
+        "every delivery ({}) nacked: {acks:?}",
+        tap.delivered()
+    );
+    assert!(acks.iter().all(|a| a.method == Method::Nack), "{acks:?}");
+    wait_for_all_back(&env).await;
+    let stored = env.db.count("SELECT count(*) FROM clusters_checkins").await
+        + env.db.count("SELECT count(*) FROM versions").await;
+    assert_eq!(stored, 0, "a stop before the readers ran stores nothing");
+}
+
+/// A broker that never answers the consume does not hold the stop beyond the
+/// shutdown timeout (2 s here) and the close's own wait for an answer (5 s);
+/// the close hands back what it delivered.
+#[tokio::test]
+async fn a_stop_while_the_broker_never_answers_a_consume_ends_within_the_shutdown_timeout() {
+    let env = TestEnv::new().await;
+    both_queues_filled(&env).await;
+    let (_tap, worker) = stopping_point(&env, false).await;
+    let stopping = tokio::time::Instant::now();
+    worker.stop().await.expect("a clean stop");
+    let took = stopping.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(12),
+        "waited for the consume up to the shutdown timeout, no longer: {took:?}"
+    );
+    wait_for_all_back(&env).await;
 }
