@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use crate::support::{
     Outgoing, RunningWorker, TestEnv,
-    amqp_tap::{Ack, AmqpTap, Method},
+    amqp_tap::{Ack, AmqpTap, Method, requeued_nacks},
     checkin_body,
     process::free_port,
     proxy::Proxy,
@@ -27,13 +27,6 @@ fn checkins(n: usize, poison: Option<usize>) -> Vec<Outgoing> {
             Outgoing::new(checkin_body(&cluster, &marker)).id(format!("m-{i}"))
         })
         .collect()
-}
-
-/// How many `basic.nack(requeue)` frames the worker sent.
-fn requeued_nacks(acks: &[Ack]) -> usize {
-    acks.iter()
-        .filter(|a| a.method == Method::Nack && a.requeue)
-        .count()
 }
 
 /// Waits until the broker has sent the worker `n` deliveries in all: from then

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::support::{
     Outgoing, RunningWorker, TestEnv,
-    amqp_tap::{AmqpTap, BASIC_CONSUME, Hold, Method, QUEUE_DECLARE},
+    amqp_tap::{AmqpTap, BASIC_CONSUME, Hold, Method, QUEUE_DECLARE, requeued_nacks},
     checkin_body, version_body, wait_until,
 };
 
@@ -159,10 +159,7 @@ async fn a_stop_while_consumers_open_hands_back_their_deliveries_with_nack_not_t
     tap.release();
     worker.stop().await.expect("a clean stop");
     let acks = tap.acks();
-    let nacked = acks
-        .iter()
-        .filter(|a| a.method == Method::Nack && a.requeue)
-        .count();
+    let nacked = requeued_nacks(&acks);
     assert!(
         nacked >= 10 && nacked == tap.delivered(),
         "every delivery ({}) nacked: {acks:?}",

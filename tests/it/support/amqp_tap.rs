@@ -61,6 +61,13 @@ pub struct Hold {
     pub until_released: bool,
 }
 
+/// How many `basic.nack(requeue)` frames are among `acks`.
+pub fn requeued_nacks(acks: &[Ack]) -> usize {
+    acks.iter()
+        .filter(|a| a.method == Method::Nack && a.requeue)
+        .count()
+}
+
 /// A method frame: class and method ids (AMQP 0-9-1 §1.2).
 pub type MethodId = (u16, u16);
 
@@ -196,10 +203,10 @@ async fn forward(
             let held_from = parser.feed(&buffer[..n], &seen, &mut outgoing);
             if let Some(at) = held_from {
                 // Frame by frame: what came before the held frame goes on.
-                let before: Vec<u8> = outgoing.drain(..at).collect();
-                if server_write.write_all(&before).await.is_err() {
+                if server_write.write_all(&outgoing[..at]).await.is_err() {
                     break;
                 }
+                outgoing.drain(..at);
             }
             if parser.holding {
                 if !parser.hold.is_some_and(|h| h.until_released)
